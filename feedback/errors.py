@@ -1,0 +1,114 @@
+"""Every error leaves the API as ``{"error": {"code": ..., "message": ...}}``.
+
+Domain errors (:mod:`feedback.exceptions`) carry their own code and status;
+HTTP errors from Flask, Werkzeug, APIFlask and Flask-Limiter are mapped to a
+stable code here; anything unexpected is logged and answered with a JSON 500
+that reveals nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from apiflask import APIFlask
+from apiflask.exceptions import HTTPError
+from flask import jsonify
+from flask import Request
+from werkzeug.exceptions import BadRequest, HTTPException
+
+from feedback.exceptions import TunebackError
+
+log = logging.getLogger(__name__)
+
+ERROR_SCHEMA = {
+    "type": "object",
+    "required": ["error"],
+    "properties": {
+        "error": {
+            "type": "object",
+            "required": ["code", "message"],
+            "properties": {"code": {"type": "string"}, "message": {"type": "string"}},
+        }
+    },
+}
+
+HTTP_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    406: "not_acceptable",
+    409: "conflict",
+    411: "length_required",
+    413: "body_too_large",
+    414: "uri_too_long",
+    415: "unsupported_media_type",
+    422: "invalid_input",
+    429: "rate_limited",
+    431: "headers_too_large",
+    503: "unavailable",
+}
+
+
+class InvalidJSONError(BadRequest):
+    """The body could not be parsed as JSON."""
+
+
+class JSONRequest(Request):
+    """A request whose JSON parse failures say so (Flask's only do in debug)."""
+
+    def on_json_loading_failed(self, e: ValueError | None):  # noqa: ANN201
+        raise InvalidJSONError() from e
+
+
+def error_response(status: int, code: str, message: str, headers: dict | None = None):
+    response = jsonify({"error": {"code": code, "message": message}})
+    response.status_code = status
+    for name, value in (headers or {}).items():
+        response.headers[name] = value
+    return response
+
+
+def _validation_message(detail: dict) -> str:
+    parts = []
+    for location, fields in (detail or {}).items():
+        for field, messages in (fields or {}).items():
+            where = field if field != "_schema" else location
+            parts.append(f"{where}: {'; '.join(messages)}")
+    return "; ".join(parts) or "the request is not valid"
+
+
+def register_error_handlers(app: APIFlask) -> None:
+    @app.errorhandler(TunebackError)
+    def _domain(error: TunebackError):
+        return error_response(error.status, error.code, error.message)
+
+    @app.errorhandler(HTTPError)
+    def _apiflask(error: HTTPError):
+        if error.status_code == 422 and error.detail:
+            return error_response(422, "invalid_input", _validation_message(error.detail))
+        code = HTTP_CODES.get(error.status_code, "error")
+        return error_response(error.status_code, code, error.message or code, error.headers)
+
+    @app.errorhandler(HTTPException)
+    def _werkzeug(error: HTTPException):
+        status = error.code or 500
+        headers = {k: v for k, v in error.get_headers() if k.lower() != "content-type"}
+        message = error.description or error.name
+        if isinstance(error, InvalidJSONError):
+            return error_response(400, "invalid_json", "the body is not valid JSON")
+        if status == 413:
+            message = "the request body is larger than this server accepts"
+        if status == 429:
+            message = f"rate limit exceeded ({error.description}); retry later"
+        return error_response(status, HTTP_CODES.get(status, "error"), message, headers)
+
+    @app.errorhandler(RecursionError)
+    def _too_deep(_error: RecursionError):
+        return error_response(400, "invalid_json", "the JSON body is nested too deeply")
+
+    @app.errorhandler(Exception)
+    def _unexpected(error: Exception):
+        log.exception("unhandled error", exc_info=error)
+        return error_response(500, "internal", "internal error; it has been logged")

@@ -1,0 +1,57 @@
+"""Prometheus metrics: request counts and latencies, and domain counters.
+
+Each app gets its own registry, so tests can build many apps in one process.
+"""
+
+from __future__ import annotations
+
+import time
+
+from flask import Flask, Response, g, request
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "tuneback_http_requests",
+            "HTTP requests answered",
+            ["method", "endpoint", "status"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "tuneback_http_request_duration_seconds",
+            "Time to answer an HTTP request",
+            ["method", "endpoint"],
+            registry=self.registry,
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+        )
+        self.feedback = Counter(
+            "tuneback_feedback", "Votes recorded", ["rating", "source"], registry=self.registry
+        )
+        self.corrections = Counter(
+            "tuneback_corrections", "Corrections recorded", registry=self.registry
+        )
+        self.completions = Counter(
+            "tuneback_completions", "Completions logged", registry=self.registry
+        )
+
+    def init_app(self, app: Flask) -> None:
+        app.before_request(self._start)
+        app.after_request(self._finish)
+
+    def _start(self) -> None:
+        g.metrics_start = time.perf_counter()
+
+    def _finish(self, response: Response) -> Response:
+        start = g.get("metrics_start")
+        endpoint = request.endpoint or "unmatched"
+        if start is not None:
+            self.latency.labels(request.method, endpoint).observe(time.perf_counter() - start)
+        self.requests.labels(request.method, endpoint, str(response.status_code)).inc()
+        return response
+
+    def render(self) -> Response:
+        return Response(generate_latest(self.registry), mimetype=CONTENT_TYPE_LATEST)

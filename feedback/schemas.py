@@ -1,0 +1,172 @@
+"""Request and response bodies of the HTTP API (pydantic v2).
+
+Inputs forbid unknown fields, reject empty strings, NUL bytes and over-long
+text, so that anything reaching the store is already known to be storable.
+Text is otherwise kept verbatim: no stripping, no escaping.
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+
+# The hard ceiling on any single text field; the body limit (64 KiB by default)
+# usually bites first. ``Settings.max_text_chars`` can lower it per deployment.
+MAX_TEXT = 60_000
+
+
+def _no_nul(value: str) -> str:
+    if "\x00" in value:
+        raise ValueError("must not contain NUL characters")
+    return value
+
+
+def _clean_json(value: Any, depth: int = 0) -> Any:
+    """Reject what a JSON column cannot store faithfully: NUL, NaN, deep nesting."""
+    if depth > 32:
+        raise ValueError("is nested too deeply (over 32 levels)")
+    if isinstance(value, str):
+        return _no_nul(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError("must not contain NaN or infinite numbers")
+    if isinstance(value, dict):
+        for key, item in value.items():
+            _no_nul(key)
+            _clean_json(item, depth + 1)
+    elif isinstance(value, list):
+        for item in value:
+            _clean_json(item, depth + 1)
+    return value
+
+
+def _text(max_length: int) -> Any:
+    return Annotated[
+        str, StringConstraints(min_length=1, max_length=max_length), AfterValidator(_no_nul)
+    ]
+
+
+def _utc(value: datetime) -> datetime:
+    # SQLite hands back naive datetimes; everything Tuneback stores is UTC.
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+Timestamp = Annotated[datetime, AfterValidator(_utc)]
+Text = _text(MAX_TEXT)
+ShortText = _text(200)
+UserRef = _text(256)
+
+
+class Input(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class Message(Input):
+    role: Literal["system", "user", "assistant", "tool", "developer"]
+    content: Text
+    name: ShortText | None = None
+
+
+class CompletionIn(Input):
+    messages: list[Message] = Field(min_length=1, max_length=200)
+    response: Text
+    model: ShortText
+    adapter_version: _text(100) | None = None
+    metadata: Annotated[dict[str, Any], AfterValidator(_clean_json)] = Field(default_factory=dict)
+
+
+class FeedbackIn(Input):
+    completion_id: _text(32)
+    rating: Literal["up", "down"]
+    reason: ShortText | None = None
+    comment: Text | None = None
+    user: UserRef | None = None
+
+
+class CorrectionIn(Input):
+    completion_id: _text(32)
+    corrected_response: Text
+    note: Text | None = None
+
+
+class PageQuery(Input):
+    model_config = ConfigDict(extra="forbid")  # query values arrive as strings
+
+    limit: int = Field(20, ge=1, le=100)
+    offset: int = Field(0, ge=0, le=1_000_000)
+
+
+class ExportQuery(Input):
+    model_config = ConfigDict(extra="forbid")
+
+    format: Literal["openai"] = "openai"
+
+
+class Created(BaseModel):
+    id: str
+
+
+class FeedbackOut(BaseModel):
+    id: str
+    completion_id: str
+    rating: str
+    reason: str | None
+    comment: str | None
+    source: str
+    user: str | None
+    created_at: Timestamp
+    updated_at: Timestamp
+    replaced: bool = False
+
+
+class CorrectionOut(BaseModel):
+    id: str
+    completion_id: str
+    corrected_response: str
+    author: str
+    note: str | None
+    status: str
+    created_at: Timestamp
+
+
+class CompletionOut(BaseModel):
+    id: str
+    created_at: Timestamp
+    messages: list[dict[str, Any]]
+    response: str
+    model: str
+    adapter_version: str | None
+    metadata: dict[str, Any]
+
+
+class CompletionDetail(CompletionOut):
+    feedback: list[FeedbackOut]
+    corrections: list[CorrectionOut]
+
+
+class QueueItem(CompletionOut):
+    down_votes: int
+    last_down_at: Timestamp
+
+
+class QueuePage(BaseModel):
+    items: list[QueueItem]
+    total: int
+    limit: int
+    offset: int
+
+
+class ErrorDetail(BaseModel):
+    code: str
+    message: str
+
+
+class ErrorBody(BaseModel):
+    error: ErrorDetail
+
+
+class Health(BaseModel):
+    status: str
+    database: str

@@ -1,0 +1,294 @@
+"""Data functions over the domain model.
+
+Every function takes an explicit session and keyword arguments. Writers
+``flush`` but never commit: the caller owns the transaction, so a request can
+write its row and its idempotency record atomically, or roll both back.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from collections.abc import Iterator
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+from sqlmodel import col
+
+from feedback.exceptions import InvalidInputError, NotFoundError
+from feedback.models import (
+    ROLES,
+    ApiKey,
+    Completion,
+    Correction,
+    Feedback,
+    IdempotencyRecord,
+    utcnow,
+)
+
+
+def _dialect_insert(session: Session) -> Any:
+    if session.get_bind().dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert
+    return insert
+
+
+# --- completions ---------------------------------------------------------------
+
+
+def create_completion(
+    session: Session,
+    *,
+    messages: list[dict[str, Any]],
+    response: str,
+    model: str,
+    adapter_version: str | None = None,
+    metadata: dict[str, Any] | None = None,
+    api_key_id: str | None = None,
+) -> Completion:
+    completion = Completion(
+        messages=messages,
+        response=response,
+        model=model,
+        adapter_version=adapter_version,
+        meta=metadata or {},
+        api_key_id=api_key_id,
+    )
+    session.add(completion)
+    session.flush()
+    return completion
+
+
+def get_completion(session: Session, completion_id: str) -> Completion:
+    completion = session.get(Completion, completion_id)
+    if completion is None:
+        raise NotFoundError(f"completion {completion_id!r} does not exist")
+    return completion
+
+
+def completion_detail(
+    session: Session, completion_id: str
+) -> tuple[Completion, list[Feedback], list[Correction]]:
+    completion = get_completion(session, completion_id)
+    votes = session.execute(
+        select(Feedback)
+        .where(Feedback.completion_id == completion_id)
+        .order_by(col(Feedback.created_at))
+    ).scalars()
+    fixes = session.execute(
+        select(Correction)
+        .where(Correction.completion_id == completion_id)
+        .order_by(col(Correction.created_at))
+    ).scalars()
+    return completion, list(votes), list(fixes)
+
+
+# --- feedback ------------------------------------------------------------------
+
+
+def record_feedback(
+    session: Session,
+    *,
+    completion_id: str,
+    rating: str,
+    source: str,
+    reason: str | None = None,
+    comment: str | None = None,
+    user_ref: str | None = None,
+    api_key_id: str | None = None,
+) -> tuple[Feedback, bool]:
+    """Insert a vote, or replace this user's earlier vote on the completion.
+
+    Returns the stored row and whether it replaced an earlier vote. The upsert
+    is one statement, so two concurrent votes by one user leave one row.
+    """
+    get_completion(session, completion_id)
+    now = utcnow()
+    values = {
+        "completion_id": completion_id,
+        "rating": rating,
+        "reason": reason,
+        "comment": comment,
+        "source": source,
+        "user_ref": user_ref,
+        "api_key_id": api_key_id,
+        "updated_at": now,
+    }
+    if user_ref is None:
+        vote = Feedback(**values, created_at=now)
+        session.add(vote)
+        session.flush()
+        return vote, False
+    insert = _dialect_insert(session)
+    stmt = insert(Feedback).values(id=Feedback().id, created_at=now, **values)
+    update = {k: stmt.excluded[k] for k in values if k not in ("completion_id", "user_ref")}
+    stmt = stmt.on_conflict_do_update(
+        index_elements=["completion_id", "user_ref"], set_=update
+    ).returning(Feedback.id)
+    vote_id = session.execute(stmt).scalar_one()
+    vote = session.get(Feedback, vote_id, populate_existing=True)
+    return vote, _as_utc(vote.created_at) != _as_utc(vote.updated_at)
+
+
+def _as_utc(value: datetime) -> datetime:
+    from datetime import UTC
+
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+# --- corrections ---------------------------------------------------------------
+
+
+def add_correction(
+    session: Session,
+    *,
+    completion_id: str,
+    corrected_response: str,
+    author: str,
+    note: str | None = None,
+) -> Correction:
+    """Store a correction; earlier active corrections of the completion are superseded."""
+    get_completion(session, completion_id)
+    for older in session.execute(
+        select(Correction).where(
+            Correction.completion_id == completion_id, Correction.status == "active"
+        )
+    ).scalars():
+        older.status = "superseded"
+    correction = Correction(
+        completion_id=completion_id,
+        corrected_response=corrected_response,
+        author=author,
+        note=note,
+    )
+    session.add(correction)
+    session.flush()
+    return correction
+
+
+def review_queue(
+    session: Session, *, limit: int = 20, offset: int = 0
+) -> tuple[list[tuple[Completion, int, datetime]], int]:
+    """Thumbs-down completions that no one has corrected yet, newest vote first."""
+    corrected = select(Correction.completion_id).where(Correction.status == "active")
+    downs = (
+        select(
+            Feedback.completion_id,
+            func.count().label("down_votes"),
+            func.max(Feedback.created_at).label("last_down_at"),
+        )
+        .where(Feedback.rating == "down", col(Feedback.completion_id).not_in(corrected))
+        .group_by(Feedback.completion_id)
+        .subquery()
+    )
+    total = session.execute(select(func.count()).select_from(downs)).scalar_one()
+    rows = session.execute(
+        select(Completion, downs.c.down_votes, downs.c.last_down_at)
+        .join(downs, downs.c.completion_id == Completion.id)
+        .order_by(downs.c.last_down_at.desc(), Completion.id)
+        .limit(limit)
+        .offset(offset)
+    ).all()
+    return [(c, n, last) for c, n, last in rows], total
+
+
+def iter_corrected(session: Session, *, batch: int = 500) -> Iterator[tuple[Completion, Correction]]:
+    """Each corrected completion with its active correction, oldest first."""
+    stmt = (
+        select(Completion, Correction)
+        .join(Correction, Correction.completion_id == Completion.id)
+        .where(Correction.status == "active")
+        .order_by(col(Correction.created_at), Correction.id)
+        .execution_options(yield_per=batch)
+    )
+    for completion, correction in session.execute(stmt):
+        yield completion, correction
+
+
+# --- API keys ------------------------------------------------------------------
+
+
+def hash_key(plaintext: str) -> str:
+    # Keys are 256-bit random tokens, so a fast hash is safe: there is nothing
+    # to brute-force, and lookups by hash stay one indexed query.
+    return hashlib.sha256(plaintext.encode()).hexdigest()
+
+
+def create_api_key(
+    session: Session, *, role: str, name: str | None = None, origins: list[str] | None = None
+) -> tuple[ApiKey, str]:
+    """Create a key and return it with its plaintext (shown once, never stored)."""
+    if role not in ROLES:
+        raise InvalidInputError(f"role must be one of {', '.join(ROLES)}, not {role!r}")
+    origins = [_check_origin(o) for o in origins or []]
+    if role == "widget" and not origins:
+        raise InvalidInputError("a widget key needs at least one allowed origin (--origin URL)")
+    key_id = secrets.token_hex(6)
+    plaintext = f"tb_{key_id}_{secrets.token_urlsafe(32)}"
+    key = ApiKey(
+        id=key_id, name=name, key_hash=hash_key(plaintext), role=role, allowed_origins=origins
+    )
+    session.add(key)
+    session.flush()
+    return key, plaintext
+
+
+def _check_origin(origin: str) -> str:
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(origin)
+    if parts.scheme not in ("http", "https") or not parts.netloc or parts.path not in ("", "/"):
+        raise InvalidInputError(
+            f"origin {origin!r} must look like https://host[:port], without a path"
+        )
+    return f"{parts.scheme}://{parts.netloc}".lower()
+
+
+def find_active_key(session: Session, plaintext: str) -> ApiKey | None:
+    key = session.execute(select(ApiKey).where(ApiKey.key_hash == hash_key(plaintext))).scalar()
+    if key is None or key.revoked_at is not None:
+        return None
+    return key
+
+
+def list_api_keys(session: Session) -> list[ApiKey]:
+    return list(session.execute(select(ApiKey).order_by(col(ApiKey.created_at))).scalars())
+
+
+def revoke_api_key(session: Session, *, key_id: str) -> ApiKey:
+    key = session.get(ApiKey, key_id)
+    if key is None:
+        raise NotFoundError(f"API key {key_id!r} does not exist")
+    if key.revoked_at is None:
+        key.revoked_at = utcnow()
+    session.flush()
+    return key
+
+
+def all_allowed_origins(session: Session) -> set[str]:
+    """Origins that any active widget (or other) key allows, for CORS preflight."""
+    rows = session.execute(select(ApiKey.allowed_origins).where(col(ApiKey.revoked_at).is_(None)))
+    return {origin for origins in rows.scalars() for origin in origins or []}
+
+
+# --- idempotency ---------------------------------------------------------------
+
+
+def get_idempotency_record(
+    session: Session, *, api_key_id: str, key: str
+) -> IdempotencyRecord | None:
+    return session.get(IdempotencyRecord, (api_key_id, key), populate_existing=True)
+
+
+def claim_idempotency_key(
+    session: Session, *, api_key_id: str, key: str, request_hash: str
+) -> IdempotencyRecord:
+    """Insert the record that reserves ``key``; raises IntegrityError if taken."""
+    record = IdempotencyRecord(api_key_id=api_key_id, key=key, request_hash=request_hash)
+    session.add(record)
+    session.flush()
+    return record

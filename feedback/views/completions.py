@@ -1,0 +1,65 @@
+"""Chat systems log the completions they served; agents read them back."""
+
+from __future__ import annotations
+
+from apiflask import APIBlueprint
+from flask import g
+
+from feedback import store
+from feedback.auth import require
+from feedback.idempotency import run_write
+from feedback.schemas import CompletionDetail, CompletionIn, Created
+from feedback.views import ERRORS, completion_out, correction_out, feedback_out
+
+bp = APIBlueprint("completions", __name__, tag="Completions")
+
+
+@bp.post("/v1/completions")
+@require("server")
+@bp.input(CompletionIn, arg_name="body")
+@bp.output(Created, status_code=201)
+@bp.doc(security="bearer", responses=ERRORS)
+def log_completion(body: CompletionIn):
+    """Log a completion served by a chat system, so that it can be rated."""
+    limit_text(body.response)
+
+    def action():
+        completion = store.create_completion(
+            g.db,
+            messages=[m.model_dump(exclude_none=True) for m in body.messages],
+            response=body.response,
+            model=body.model,
+            adapter_version=body.adapter_version,
+            metadata=body.metadata,
+            api_key_id=g.caller.id,
+        )
+        g.metrics.completions.inc()
+        return {"id": completion.id}, 201
+
+    return run_write(action)
+
+
+@bp.get("/v1/completions/<completion_id>")
+@require("agent")
+@bp.output(CompletionDetail)
+@bp.doc(security="bearer", responses=ERRORS + [404])
+def get_completion(completion_id: str):
+    """A completion with all its votes and corrections."""
+    completion, votes, fixes = store.completion_detail(g.db, completion_id)
+    return {
+        **completion_out(completion),
+        "feedback": [feedback_out(v) for v in votes],
+        "corrections": [correction_out(c) for c in fixes],
+    }
+
+
+def limit_text(*values: str | None) -> None:
+    """Apply the deployment's ``max_text_chars`` on top of the schema's ceiling."""
+    from flask import current_app
+
+    from feedback.exceptions import InvalidInputError
+
+    limit = current_app.extensions["tuneback"].settings.max_text_chars
+    for value in values:
+        if value is not None and len(value) > limit:
+            raise InvalidInputError(f"text fields may hold at most {limit} characters")

@@ -1,0 +1,52 @@
+"""Agents correct thumbs-down answers, working from the review queue."""
+
+from __future__ import annotations
+
+from apiflask import APIBlueprint
+from flask import g
+
+from feedback import store
+from feedback.auth import require
+from feedback.idempotency import run_write
+from feedback.schemas import CorrectionIn, CorrectionOut, PageQuery, QueuePage
+from feedback.views import ERRORS, completion_out, correction_out
+from feedback.views.completions import limit_text
+
+bp = APIBlueprint("corrections", __name__, tag="Corrections")
+
+
+@bp.post("/v1/corrections")
+@require("agent")
+@bp.input(CorrectionIn, arg_name="body")
+@bp.output(CorrectionOut, status_code=201)
+@bp.doc(security="bearer", responses=ERRORS + [404])
+def post_correction(body: CorrectionIn):
+    """Store a corrected answer. It supersedes earlier corrections of the completion."""
+    limit_text(body.corrected_response, body.note)
+
+    def action():
+        correction = store.add_correction(
+            g.db,
+            completion_id=body.completion_id,
+            corrected_response=body.corrected_response,
+            note=body.note,
+            author=g.caller.name or f"key:{g.caller.id}",
+        )
+        g.metrics.corrections.inc()
+        return correction_out(correction), 201
+
+    return run_write(action)
+
+
+@bp.get("/v1/review-queue")
+@require("agent")
+@bp.input(PageQuery, location="query", arg_name="page")
+@bp.output(QueuePage)
+@bp.doc(security="bearer", responses=ERRORS)
+def review_queue(page: PageQuery):
+    """Thumbs-down completions that have no correction yet, newest vote first."""
+    rows, total = store.review_queue(g.db, limit=page.limit, offset=page.offset)
+    items = [
+        {**completion_out(c), "down_votes": n, "last_down_at": last} for c, n, last in rows
+    ]
+    return {"items": items, "total": total, "limit": page.limit, "offset": page.offset}

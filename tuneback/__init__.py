@@ -1,0 +1,1 @@
+"""The ``tuneback`` command: the composition root that wires feedback, retrain and serve."""

@@ -1,0 +1,3 @@
+from tuneback.cli import cli
+
+cli()

@@ -1,0 +1,157 @@
+"""``tuneback`` command line. Settings come from ``TUNEBACK_*`` environment variables.
+
+Heavy packages (torch, the model) are imported inside the commands that need
+them, so ``tuneback keys list`` stays fast.
+"""
+
+from __future__ import annotations
+
+import sys
+from contextlib import contextmanager
+
+import click
+from pydantic import ValidationError
+
+from feedback.exceptions import TunebackError
+from feedback.settings import Settings
+
+
+def load_settings(**overrides) -> Settings:
+    try:
+        return Settings(**{k: v for k, v in overrides.items() if v is not None})
+    except ValidationError as error:
+        raise click.UsageError(f"invalid setting: {error}") from None
+
+
+@contextmanager
+def store_session(settings: Settings, *, migrate: bool = False):
+    """A committed-on-success session on the configured store."""
+    from sqlalchemy.exc import OperationalError
+    from sqlalchemy.orm import Session
+
+    from feedback import db
+
+    engine = db.make_engine(settings.resolved_database_url)
+    try:
+        if migrate or settings.is_sqlite:
+            db.upgrade(settings.resolved_database_url)
+        db.check_schema(engine)
+        with Session(engine, expire_on_commit=False) as session:
+            yield session
+            session.commit()
+    except TunebackError as error:
+        raise click.ClickException(str(error)) from None
+    except OperationalError as error:
+        raise click.ClickException(f"cannot use the database: {error.orig}") from None
+    finally:
+        engine.dispose()
+
+
+@click.group()
+@click.version_option(package_name="tuneback")
+def cli() -> None:
+    """Tuneback: turn users' ratings and agents' corrections into a better model."""
+
+
+# --- db ------------------------------------------------------------------------
+
+
+@cli.group()
+def db() -> None:
+    """Database schema."""
+
+
+@db.command("upgrade")
+def db_upgrade() -> None:
+    """Apply all migrations to TUNEBACK_DATABASE_URL."""
+    from feedback import db as dbmod
+
+    settings = load_settings()
+    dbmod.upgrade(settings.resolved_database_url)
+    click.echo(f"database at revision {dbmod.head_revision()}", err=True)
+
+
+# --- keys ----------------------------------------------------------------------
+
+
+@cli.group()
+def keys() -> None:
+    """API keys: create, list, revoke."""
+
+
+@keys.command("create")
+@click.option("--role", required=True, type=click.Choice(["widget", "agent", "server", "admin"]))
+@click.option("--origin", "origins", multiple=True, help="Allowed browser origin (repeatable).")
+@click.option("--name", help="Who or what the key is for (shown as a correction's author).")
+def keys_create(role: str, origins: tuple[str, ...], name: str | None) -> None:
+    """Create a key and print it once, alone on its line of stdout."""
+    from feedback import store
+
+    with store_session(load_settings()) as session:
+        try:
+            key, plaintext = store.create_api_key(
+                session, role=role, name=name, origins=list(origins)
+            )
+        except TunebackError as error:
+            raise click.UsageError(str(error)) from None
+    click.echo(f"created {role} key {key.id}; it is shown only once:", err=True)
+    click.echo(plaintext)
+
+
+@keys.command("list")
+def keys_list() -> None:
+    """List keys (never their secrets)."""
+    from feedback import store
+
+    with store_session(load_settings()) as session:
+        rows = store.list_api_keys(session)
+    click.echo(f"{'ID':<14}{'ROLE':<8}{'STATUS':<9}{'CREATED':<22}NAME / ORIGINS")
+    for key in rows:
+        status = "revoked" if key.revoked_at else "active"
+        extra = " ".join(filter(None, [key.name, *key.allowed_origins]))
+        click.echo(
+            f"{key.id:<14}{key.role:<8}{status:<9}{key.created_at:%Y-%m-%d %H:%M:%S}   {extra}"
+        )
+
+
+@keys.command("revoke")
+@click.argument("key_id")
+def keys_revoke(key_id: str) -> None:
+    """Revoke a key by its id (the part after tb_ in the key)."""
+    from feedback import store
+
+    with store_session(load_settings()) as session:
+        try:
+            store.revoke_api_key(session, key_id=key_id)
+        except TunebackError as error:
+            raise click.ClickException(str(error)) from None
+    click.echo(f"revoked {key_id}", err=True)
+
+
+# --- running -------------------------------------------------------------------
+
+
+@cli.command("api")
+@click.option("--host", help="Bind address (TUNEBACK_HOST, default 127.0.0.1).")
+@click.option("--port", type=int, help="Port (TUNEBACK_PORT, default 8000).")
+@click.option("--workers", type=int, help="Worker processes (TUNEBACK_WORKERS, default 2).")
+def api(host: str | None, port: int | None, workers: int | None) -> None:
+    """Run the feedback API alone, under gunicorn."""
+    from tuneback.server import run_gunicorn
+
+    settings = load_settings(host=host, port=port, workers=workers)
+    with store_session(settings):
+        pass  # migrate the embedded store, or fail early on an old schema
+    click.echo(
+        f"Tuneback feedback API on http://{settings.host}:{settings.port} "
+        f"(store: {settings.resolved_database_url.split('@')[-1]})",
+        err=True,
+    )
+    run_gunicorn("feedback.app:create_app", settings)
+
+
+def main() -> None:  # pragma: no cover - console entry for python -m
+    try:
+        cli()
+    except KeyboardInterrupt:
+        sys.exit(130)
