@@ -47,8 +47,12 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
     """
     settings = settings or Settings()
     app = APIFlask(
-        "feedback", title="Tuneback feedback API", version="1", docs_path=None,
-                   spec_path="/openapi.json")
+        "feedback",
+        title="Tuneback feedback API",
+        version="1",
+        docs_path=None,
+        spec_path="/openapi.json",
+    )
     app.config.update(
         MAX_CONTENT_LENGTH=settings.max_body_bytes,
         HTTP_ERROR_SCHEMA=ERROR_SCHEMA,

@@ -12,8 +12,7 @@ import logging
 
 from apiflask import APIFlask
 from apiflask.exceptions import HTTPError
-from flask import jsonify
-from flask import Request
+from flask import Request, jsonify
 from werkzeug.exceptions import BadRequest, HTTPException
 
 from feedback.exceptions import TunebackError

@@ -44,7 +44,7 @@ def _header_key() -> str | None:
     key = request.headers.get(HEADER)
     if key is None:
         return None
-    if not 1 <= len(key) <= 255 or not key.isprintable() or not key.isascii():
+    if not key.strip() or len(key) > 255 or not key.isprintable() or not key.isascii():
         raise InvalidInputError(f"{HEADER} must be 1 to 255 printable ASCII characters")
     return key
 

@@ -92,14 +92,14 @@ class CorrectionIn(Input):
 
 
 class PageQuery(Input):
-    model_config = ConfigDict(extra="forbid")  # query values arrive as strings
+    model_config = ConfigDict(extra="forbid", strict=False)  # query values are strings
 
     limit: int = Field(20, ge=1, le=100)
     offset: int = Field(0, ge=0, le=1_000_000)
 
 
 class ExportQuery(Input):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=False)
 
     format: Literal["openai"] = "openai"
 

@@ -196,7 +196,9 @@ def review_queue(
     return [(c, n, last) for c, n, last in rows], total
 
 
-def iter_corrected(session: Session, *, batch: int = 500) -> Iterator[tuple[Completion, Correction]]:
+def iter_corrected(
+    session: Session, *, batch: int = 500
+) -> Iterator[tuple[Completion, Correction]]:
     """Each corrected completion with its active correction, oldest first."""
     stmt = (
         select(Completion, Correction)
@@ -205,8 +207,7 @@ def iter_corrected(session: Session, *, batch: int = 500) -> Iterator[tuple[Comp
         .order_by(col(Correction.created_at), Correction.id)
         .execution_options(yield_per=batch)
     )
-    for completion, correction in session.execute(stmt):
-        yield completion, correction
+    yield from session.execute(stmt).tuples()
 
 
 # --- API keys ------------------------------------------------------------------

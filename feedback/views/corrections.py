@@ -46,7 +46,5 @@ def post_correction(body: CorrectionIn):
 def review_queue(page: PageQuery):
     """Thumbs-down completions that have no correction yet, newest vote first."""
     rows, total = store.review_queue(g.db, limit=page.limit, offset=page.offset)
-    items = [
-        {**completion_out(c), "down_votes": n, "last_down_at": last} for c, n, last in rows
-    ]
+    items = [{**completion_out(c), "down_votes": n, "last_down_at": last} for c, n, last in rows]
     return {"items": items, "total": total, "limit": page.limit, "offset": page.offset}
