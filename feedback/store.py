@@ -207,7 +207,7 @@ def iter_corrected(
         .order_by(col(Correction.created_at), Correction.id)
         .execution_options(yield_per=batch)
     )
-    yield from session.execute(stmt).tuples()
+    yield from session.execute(stmt)  # rows unpack as (completion, correction)
 
 
 # --- API keys ------------------------------------------------------------------
