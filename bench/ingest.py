@@ -18,7 +18,7 @@ Every vote has its own user, so each acknowledged vote is a new row; after the
 run the rows in each store are counted against the 201 answers. Prompts and
 comments are real customer queries from BANKING77 (train split).
 
-Run it from the repository root (about a minute with the defaults)::
+Run it from the repository root (about half a minute with the defaults)::
 
     .venv/bin/python bench/ingest.py [--requests 3000] [--concurrency 8] [--rounds 2]
                                      [--json results.json]
@@ -104,8 +104,7 @@ def bare_app(db_path: str | None = None):  # noqa: ANN201 - flask is imported la
         vote_id = uuid.uuid4().hex
         local.conn.execute(
             "INSERT INTO feedback VALUES (?, ?, ?, ?, ?, datetime('now'))",
-            (vote_id, body["completion_id"], body["rating"], body.get("comment"),
-             body.get("user")),
+            (vote_id, body["completion_id"], body["rating"], body.get("comment"), body.get("user")),
         )
         local.conn.commit()
         return jsonify(id=vote_id), 201
@@ -165,8 +164,13 @@ def start_server(name: str, cmd: list[str], env: dict[str, str], logs: Path) -> 
     log_path = logs / f"{name}.log"
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
-            cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL, start_new_session=True,
+            cmd,
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
         )
     return Server(name, port, proc, log_path)
 
@@ -196,7 +200,12 @@ def tuneback_cmd(*args: str) -> list[str]:
 def create_key(env: dict[str, str], role: str) -> str:
     out = subprocess.run(
         tuneback_cmd("keys", "create", "--role", role, "--name", f"bench-{role}"),
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120, check=False,
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
     if out.returncode != 0:
         raise RuntimeError(f"tuneback keys create --role {role} failed:\n{out.stderr}")
@@ -216,10 +225,24 @@ def start_bare(tmp: Path) -> Server:
     with _bare_connect(str(db_path)) as conn:
         conn.execute(BARE_SCHEMA)
     cmd = [
-        sys.executable, "-m", "gunicorn", "--chdir", str(BENCH_DIR),
-        "--bind", "127.0.0.1:{port}", "--workers", str(WORKERS),
-        "--worker-class", "gthread", "--threads", str(THREADS),
-        "--timeout", "60", "--graceful-timeout", "10", "ingest:bare_app()",
+        sys.executable,
+        "-m",
+        "gunicorn",
+        "--chdir",
+        str(BENCH_DIR),
+        "--bind",
+        "127.0.0.1:{port}",
+        "--workers",
+        str(WORKERS),
+        "--worker-class",
+        "gthread",
+        "--threads",
+        str(THREADS),
+        "--timeout",
+        "60",
+        "--graceful-timeout",
+        "10",
+        "ingest:bare_app()",
     ]
     return start_server("bare", cmd, clean_env(**{BARE_DB_ENV: str(db_path)}), tmp)
 
@@ -290,8 +313,9 @@ def _post(conn: http.client.HTTPConnection, headers: dict, body: bytes) -> int |
         return type(error).__name__
 
 
-def drive(port: int, headers: dict, bodies: list[bytes], concurrency: int,
-          time_limit_s: float) -> dict[str, Any]:
+def drive(
+    port: int, headers: dict, bodies: list[bytes], concurrency: int, time_limit_s: float
+) -> dict[str, Any]:
     """Send ``bodies`` over ``concurrency`` keep-alive connections; time each request."""
     counter = itertools.count()
     deadline = time.monotonic() + time_limit_s
@@ -351,8 +375,14 @@ class Target:
     acknowledged: int = 0  # 2xx answers, warm-ups included: the rows we expect stored
 
 
-def run_round(pool: ProcessPoolExecutor, target: Target, round_no: int, args: argparse.Namespace,
-              ids: list[str], texts: list[tuple[str, str]]) -> dict[str, Any]:
+def run_round(
+    pool: ProcessPoolExecutor,
+    target: Target,
+    round_no: int,
+    args: argparse.Namespace,
+    ids: list[str],
+    texts: list[tuple[str, str]],
+) -> dict[str, Any]:
     """One warm-up, then one measured run, against one server."""
     results = {}
     for phase, count in (("warm", args.warmup), ("run", args.requests)):
@@ -393,17 +423,23 @@ def print_report(report: dict[str, Any]) -> None:
     header = f"{'server':<8}{'round':>6}{'events/s':>11}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}"
     print("\n" + header + "\n" + "-" * len(header))
     for r in report["rounds"]:
-        print(f"{r['server']:<8}{r['round']:>6}{r['events_per_s']:>11.1f}{r['p50_ms'] or 0:>9.2f}"
-              f"{r['p99_ms'] or 0:>9.2f}{r['errors']:>8}")
+        print(
+            f"{r['server']:<8}{r['round']:>6}{r['events_per_s']:>11.1f}{r['p50_ms'] or 0:>9.2f}"
+            f"{r['p99_ms'] or 0:>9.2f}{r['errors']:>8}"
+        )
     print("-" * len(header))
     for name in ("bare", "ours"):
         r = report["best"][name]
-        print(f"{name:<8}{'best':>6}{r['events_per_s']:>11.1f}{r['p50_ms'] or 0:>9.2f}"
-              f"{r['p99_ms'] or 0:>9.2f}{r['errors']:>8}")
+        print(
+            f"{name:<8}{'best':>6}{r['events_per_s']:>11.1f}{r['p50_ms'] or 0:>9.2f}"
+            f"{r['p99_ms'] or 0:>9.2f}{r['errors']:>8}"
+        )
     for name, check in report["stored"].items():
         state = "ok" if check["rows"] == check["acknowledged"] else "MISMATCH"
-        print(f"stored ({name}): {check['rows']} rows for {check['acknowledged']} "
-              f"acknowledged votes: {state}")
+        print(
+            f"stored ({name}): {check['rows']} rows for {check['acknowledged']} "
+            f"acknowledged votes: {state}"
+        )
     ratio = report["ratio"]
     verdict = "meets target" if ratio >= TARGET_RATIO else "BELOW TARGET"
     print(f"ratio (ours/bare) events/s: {ratio:.2f}x  (target >= {TARGET_RATIO:.2f}x): {verdict}")
@@ -418,8 +454,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=200, help="warm-up votes per round")
     parser.add_argument("--concurrency", type=int, default=8, help="keep-alive connections")
     parser.add_argument("--rounds", type=int, default=2, help="rounds per server, alternating")
-    parser.add_argument("--time-limit", type=float, default=60.0,
-                        help="seconds a single load run may take before it stops sending")
+    parser.add_argument(
+        "--time-limit",
+        type=float,
+        default=60.0,
+        help="seconds a single load run may take before it stops sending",
+    )
     parser.add_argument("--data", type=Path, help="BANKING77 train.csv (default: shared/data)")
     parser.add_argument("--seed", type=int, default=77)
     parser.add_argument("--json", type=Path, metavar="PATH", help="also write the figures here")
@@ -456,8 +496,11 @@ def measure(args: argparse.Namespace, texts: list[tuple[str, str]], tmp: Path) -
         for round_no in range(1, args.rounds + 1):
             for name in ("bare", "ours") if round_no % 2 else ("ours", "bare"):
                 rounds.append(run_round(pool, targets[name], round_no, args, ids, texts))
-                print(f"  round {round_no} {name}: {rounds[-1]['events_per_s']:.1f} events/s",
-                      file=sys.stderr, flush=True)
+                print(
+                    f"  round {round_no} {name}: {rounds[-1]['events_per_s']:.1f} events/s",
+                    file=sys.stderr,
+                    flush=True,
+                )
         stored = {
             name: {"rows": count_rows(path), "acknowledged": targets[name].acknowledged}
             for name, path in (("bare", tmp / "bare.db"), ("ours", tmp / "ours/tuneback.db"))
@@ -477,8 +520,13 @@ def main(argv: list[str] | None = None) -> int:
     report["target_ratio"] = TARGET_RATIO
     report["config"] = {
         **{k: getattr(args, k) for k in ("requests", "warmup", "concurrency", "rounds")},
-        "workers": WORKERS, "threads": THREADS, "rate_limit": RATE_LIMIT, "key_role": "agent",
-        "cpus": os.cpu_count(), "python": platform.python_version(), "data": str(args.data),
+        "workers": WORKERS,
+        "threads": THREADS,
+        "rate_limit": RATE_LIMIT,
+        "key_role": "agent",
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "data": str(args.data),
     }
     print_report(report)
     if args.json:

@@ -13,7 +13,7 @@ import logging
 from apiflask import APIFlask
 from apiflask.exceptions import HTTPError
 from flask import Request, jsonify
-from werkzeug.exceptions import BadRequest, HTTPException
+from werkzeug.exceptions import BadRequest, HTTPException, RequestEntityTooLarge
 
 from feedback.exceptions import TunebackError
 
@@ -55,7 +55,18 @@ class InvalidJSONError(BadRequest):
 
 
 class JSONRequest(Request):
-    """A request whose JSON parse failures say so (Flask's only do in debug)."""
+    """A request whose JSON parse failures say so (Flask's only do in debug),
+    and whose chunked bodies over the limit are a 413, not silently cut short."""
+
+    def get_data(self, *args, **kwargs):  # noqa: ANN002, ANN003, ANN201
+        data = super().get_data(*args, **kwargs)
+        limit = self.max_content_length
+        # Werkzeug stops reading a chunked body at the limit without saying so;
+        # one more byte waiting on the wire means the body was too large.
+        if self.content_length is None and limit is not None and len(data) >= limit:
+            if self.environ["wsgi.input"].read(1):
+                raise RequestEntityTooLarge()
+        return data
 
     def on_json_loading_failed(self, e: ValueError | None):  # noqa: ANN201
         raise InvalidJSONError() from e

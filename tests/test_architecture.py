@@ -1,0 +1,71 @@
+"""Project-wide rules: dependency direction, migrations that match the models,
+and settings that are all documented."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import create_engine
+from sqlmodel import SQLModel
+
+import feedback.models  # noqa: F401
+from feedback import db
+from feedback.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_importing_feedback_loads_no_torch_retrain_or_serve():
+    code = (
+        "import sys, feedback.app, feedback.store, feedback.models;"
+        "bad = [m for m in ('torch', 'transformers', 'retrain', 'serve') if m in sys.modules];"
+        "print(bad); sys.exit(1 if bad else 0)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_feedback_sources_never_import_the_packages_above_it():
+    pattern = re.compile(r"^\s*(from|import)\s+(retrain|serve|tuneback|torch)\b", re.M)
+    offenders = [
+        str(path.relative_to(ROOT))
+        for path in (ROOT / "feedback").rglob("*.py")
+        if pattern.search(path.read_text())
+    ]
+    assert offenders == []
+
+
+def test_migrations_produce_exactly_the_models(database_url):
+    engine = create_engine(database_url)
+    with engine.connect() as conn:
+        diff = compare_metadata(MigrationContext.configure(conn), SQLModel.metadata)
+    engine.dispose()
+    assert diff == []
+
+
+def test_a_stale_schema_is_refused_with_a_clear_error(tmp_path):
+    url = f"sqlite:///{tmp_path / 'empty.db'}"
+    engine = db.make_engine(url)
+    with pytest.raises(db.DatabaseNotReadyError, match="tuneback db upgrade"):
+        db.check_schema(engine)
+    db.upgrade(url)
+    db.check_schema(engine)
+    engine.dispose()
+
+
+def test_every_setting_is_documented_in_the_readme():
+    readme = (ROOT / "README.md").read_text()
+    missing = [
+        f"TUNEBACK_{name.upper()}"
+        for name in Settings.model_fields
+        if f"TUNEBACK_{name.upper()}" not in readme
+    ]
+    assert missing == []
+    for name, field in Settings.model_fields.items():
+        assert field.description, f"setting {name} has no help text"
