@@ -6,16 +6,15 @@ import logging
 from dataclasses import dataclass
 
 from apiflask import APIFlask
-from flask import current_app, g
-from flask_limiter import Limiter
-from flask_limiter.util import get_remote_address
+from flask import Response, current_app, g
 from sqlalchemy import Engine
-from sqlalchemy.orm import Session
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from feedback import auth, cors, db
+from feedback.context import close_request_session
 from feedback.errors import ERROR_SCHEMA, JSONRequest, register_error_handlers
 from feedback.metrics import Metrics
+from feedback.ratelimit import RateLimiter
 from feedback.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -30,12 +29,7 @@ class Extension:
     metrics: Metrics
     key_cache: auth.KeyCache
     origins: cors.OriginCache
-    limiter: Limiter
-
-
-def _rate_key() -> str:
-    caller = g.get("caller")
-    return f"key:{caller.id}" if caller else f"addr:{get_remote_address()}"
+    limiter: RateLimiter
 
 
 def create_app(settings: Settings | None = None, *, engine: Engine | None = None) -> APIFlask:
@@ -71,13 +65,7 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
             db.upgrade(settings.resolved_database_url)
     db.check_schema(engine)
 
-    limiter = Limiter(
-        key_func=_rate_key,
-        default_limits=[settings.rate_limit],
-        storage_uri=settings.rate_limit_storage,
-        headers_enabled=True,
-        strategy="moving-window",
-    )
+    limiter = RateLimiter(settings.rate_limit, settings.rate_limit_storage)
     ext = Extension(
         settings=settings,
         engine=engine,
@@ -88,30 +76,33 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
     )
     app.extensions["tuneback"] = ext
 
-    # Order matters: the session and the key must exist before rate limiting.
-    ext.metrics.init_app(app)
-    app.before_request(_open_session)
-    app.before_request(cors.preflight)
-    app.before_request(auth.load_key)
-    limiter.init_app(app)
-    app.after_request(cors.add_cors_headers)
-    app.teardown_request(_close_session)
+    # One hook each way rather than one per concern: Flask pays per hook call,
+    # and this is every vote's path.
+    app.before_request(_before_request)
+    app.after_request(_after_request)
+    app.teardown_request(close_request_session)
 
     register_error_handlers(app)
     _register_blueprints(app)
     return app
 
 
-def _open_session() -> None:
+def _before_request():  # noqa: ANN202 - a response for preflights, else None
+    """Per request, in this order: timer, session, CORS preflight, key, rate limit."""
     ext: Extension = current_app.extensions["tuneback"]
-    g.db = Session(ext.engine, expire_on_commit=False)
+    ext.metrics.start()
     g.metrics = ext.metrics
+    preflight = cors.preflight()
+    if preflight is not None:
+        return preflight
+    auth.load_key()
+    ext.limiter.check()  # after the key: limits count per key
+    return None
 
 
-def _close_session(_exc: BaseException | None) -> None:
-    session = g.pop("db", None)
-    if session is not None:
-        session.close()
+def _after_request(response: Response) -> Response:
+    ext: Extension = current_app.extensions["tuneback"]
+    return ext.metrics.finish(cors.add_cors_headers(response))
 
 
 def _register_blueprints(app: APIFlask) -> None:
@@ -119,5 +110,3 @@ def _register_blueprints(app: APIFlask) -> None:
 
     for module in (completions, ratings, corrections, export, ops):
         app.register_blueprint(module.bp)
-    limiter: Limiter = app.extensions["tuneback"].limiter
-    limiter.exempt(ops.bp)

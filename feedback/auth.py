@@ -17,6 +17,7 @@ from typing import Any
 from flask import current_app, g, request
 
 from feedback import store
+from feedback.context import request_session
 from feedback.exceptions import AuthenticationError, ForbiddenError
 
 
@@ -54,7 +55,7 @@ class KeyCache:
 
 
 def _lookup(token: str) -> Caller | None:
-    key = store.find_active_key(g.db, token)
+    key = store.find_active_key(request_session(), token)
     if key is None:
         return None
     return Caller(key.id, key.role, key.name, tuple(key.allowed_origins or ()))

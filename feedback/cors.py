@@ -12,6 +12,7 @@ import time
 from flask import Response, current_app, g, request
 
 from feedback import store
+from feedback.context import request_session
 
 ALLOWED_HEADERS = "Authorization, Content-Type, Idempotency-Key"
 EXPOSED_HEADERS = "Retry-After, Idempotent-Replayed"
@@ -24,7 +25,7 @@ class OriginCache:
     def get(self) -> frozenset[str]:
         now = time.monotonic()
         if now >= self._expires or self.ttl <= 0:
-            self._origins = frozenset(store.all_allowed_origins(g.db))
+            self._origins = frozenset(store.all_allowed_origins(request_session()))
             self._expires = now + self.ttl
         return self._origins
 

@@ -92,7 +92,9 @@ def _validation_message(detail: dict) -> str:
 def register_error_handlers(app: APIFlask) -> None:
     @app.errorhandler(TunebackError)
     def _domain(error: TunebackError):
-        return error_response(error.status, error.code, error.message)
+        retry_after = getattr(error, "retry_after", None)
+        headers = {"Retry-After": str(retry_after)} if retry_after else None
+        return error_response(error.status, error.code, error.message, headers)
 
     @app.errorhandler(HTTPError)
     def _apiflask(error: HTTPError):

@@ -36,3 +36,7 @@ class ForbiddenError(TunebackError, PermissionError):
 
 class IdempotencyKeyReusedError(TunebackError, ValueError):
     code, status = "idempotency_key_reused", 422
+
+
+class ConflictError(TunebackError, RuntimeError):
+    code, status = "conflict", 409

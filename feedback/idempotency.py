@@ -12,32 +12,22 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from typing import Any
 
 from flask import g, request
-from sqlalchemy.exc import IntegrityError
 
-from feedback import store
-from feedback.db import begin_write
-from feedback.exceptions import IdempotencyKeyReusedError, InvalidInputError
-from feedback.models import IdempotencyRecord
+from feedback import rawsql
+from feedback.exceptions import ConflictError, IdempotencyKeyReusedError, InvalidInputError
 
 HEADER = "Idempotency-Key"
-Action = Callable[[], tuple[dict[str, Any], int]]
+Action = Callable[[rawsql.RawTx], tuple[dict[str, Any], int]]
 
 
 def _fingerprint() -> str:
     body = request.get_json(silent=True)
     canonical = json.dumps(body, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(f"{request.method} {request.path}\n{canonical}".encode()).hexdigest()
-
-
-def _replay(record: IdempotencyRecord, fingerprint: str) -> tuple[dict[str, Any], int, dict]:
-    if record.request_hash != fingerprint:
-        raise IdempotencyKeyReusedError(
-            f"Idempotency-Key {record.key!r} was already used with a different request"
-        )
-    return json.loads(record.response_body), record.status_code, {"Idempotent-Replayed": "true"}
 
 
 def _header_key() -> str | None:
@@ -49,31 +39,31 @@ def _header_key() -> str | None:
     return key
 
 
-def run_write(action: Action) -> tuple[dict[str, Any], int, dict]:
-    """Run ``action`` in one write transaction, honouring an Idempotency-Key."""
-    session = g.db
+def run_write(
+    transaction: AbstractContextManager[rawsql.RawTx], action: Action
+) -> tuple[dict[str, Any], int, dict]:
+    """Run ``action`` in ``transaction``, honouring an Idempotency-Key.
+
+    Returns the body, the status and extra headers of the answer.
+    """
     key = _header_key()
-    begin_write(session)
     if key is None:
-        body, status = action()
-        session.commit()
+        with transaction as tx:
+            body, status = action(tx)
         return body, status, {}
     owner, fingerprint = g.caller.id, _fingerprint()
-    existing = store.get_idempotency_record(session, api_key_id=owner, key=key)
-    if existing is not None:
-        session.rollback()
-        return _replay(existing, fingerprint)
-    try:
-        record = store.claim_idempotency_key(
-            session, api_key_id=owner, key=key, request_hash=fingerprint
+    with transaction as tx:
+        if rawsql.claim_key(tx, api_key_id=owner, key=key, request_hash=fingerprint):
+            body, status = action(tx)
+            text = json.dumps(body, default=str)
+            rawsql.complete_key(tx, api_key_id=owner, key=key, status=status, body=text)
+            return body, status, {}
+        stored = rawsql.get_key(tx, api_key_id=owner, key=key)
+    if stored is None:  # claimed and released in between: vanishingly rare
+        raise ConflictError("a request with this Idempotency-Key is in flight; retry")
+    stored_hash, stored_status, stored_body = stored
+    if stored_hash != fingerprint:
+        raise IdempotencyKeyReusedError(
+            f"Idempotency-Key {key!r} was already used with a different request"
         )
-    except IntegrityError:
-        # Another request with this key committed first: answer as it did.
-        session.rollback()
-        existing = store.get_idempotency_record(session, api_key_id=owner, key=key)
-        session.rollback()
-        return _replay(existing, fingerprint)
-    body, status = action()
-    record.status_code, record.response_body = status, json.dumps(body, default=str)
-    session.commit()
-    return body, status, {}
+    return json.loads(stored_body), stored_status, {"Idempotent-Replayed": "true"}

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import time
 
-from flask import Flask, Response, g, request
+from flask import Response, g, request
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
@@ -34,23 +34,28 @@ class Metrics:
         self.corrections = Counter(
             "tuneback_corrections", "Corrections recorded", registry=self.registry
         )
+        self._children: dict[tuple, tuple] = {}
         self.completions = Counter(
             "tuneback_completions", "Completions logged", registry=self.registry
         )
 
-    def init_app(self, app: Flask) -> None:
-        app.before_request(self._start)
-        app.after_request(self._finish)
-
-    def _start(self) -> None:
+    def start(self) -> None:
+        """Call at the start of each request."""
         g.metrics_start = time.perf_counter()
 
-    def _finish(self, response: Response) -> Response:
+    def finish(self, response: Response) -> Response:
+        """Call on each response: counts it and records its latency."""
         start = g.get("metrics_start")
-        endpoint = request.endpoint or "unmatched"
+        key = (request.method, request.endpoint or "unmatched", response.status_code)
+        children = self._children.get(key)
+        if children is None:  # labels() takes a lock and builds keys: do it once
+            children = self._children[key] = (
+                self.latency.labels(key[0], key[1]),
+                self.requests.labels(key[0], key[1], str(key[2])),
+            )
         if start is not None:
-            self.latency.labels(request.method, endpoint).observe(time.perf_counter() - start)
-        self.requests.labels(request.method, endpoint, str(response.status_code)).inc()
+            children[0].observe(time.perf_counter() - start)
+        children[1].inc()
         return response
 
     def render(self) -> Response:

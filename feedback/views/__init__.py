@@ -2,10 +2,28 @@
 
 from __future__ import annotations
 
-from feedback.models import Completion, Correction, Feedback
-from feedback.schemas import CompletionOut, CorrectionOut, FeedbackOut
+import json
+from datetime import UTC, datetime
 
-ERRORS = [400, 401, 403, 413, 415, 429]
+from flask import Response, current_app
+
+from feedback.models import Completion, Correction, Feedback
+from feedback.schemas import CompletionOut, CorrectionOut
+
+ERRORS = {
+    400: "The body is not valid JSON",
+    401: "Missing, malformed, unknown or revoked API key",
+    403: "The key's role or origin may not do this",
+    413: "The body is larger than the server accepts",
+    # Over-long request lines are refused by gunicorn itself, before Tuneback.
+    414: {
+        "description": "The URL is too long (answered by the HTTP server)",
+        "content": {"text/html": {"schema": {"type": "string"}}},
+    },
+    415: "Unsupported media type",
+    429: "Rate limit exceeded; see Retry-After",
+}
+NOT_FOUND = {**ERRORS, 404: "No such completion"}
 
 
 def completion_out(c: Completion) -> dict:
@@ -20,19 +38,35 @@ def completion_out(c: Completion) -> dict:
     ).model_dump(mode="json")
 
 
-def feedback_out(f: Feedback, replaced: bool = False) -> dict:
-    return FeedbackOut(
-        id=f.id,
-        completion_id=f.completion_id,
-        rating=f.rating,
-        reason=f.reason,
-        comment=f.comment,
-        source=f.source,
-        user=f.user_ref,
-        created_at=f.created_at,
-        updated_at=f.updated_at,
-        replaced=replaced,
-    ).model_dump(mode="json")
+def iso(value: datetime) -> str:
+    """UTC timestamps as ISO 8601 (SQLite hands back naive ones; all are UTC)."""
+    return (value if value.tzinfo else value.replace(tzinfo=UTC)).isoformat()
+
+
+def feedback_out(f: Feedback | dict, replaced: bool = False) -> dict:
+    # Built by hand rather than through FeedbackOut: this is on the vote path.
+    f = f if isinstance(f, dict) else f.model_dump()
+    return {
+        "id": f["id"],
+        "completion_id": f["completion_id"],
+        "rating": f["rating"],
+        "reason": f["reason"],
+        "comment": f["comment"],
+        "source": f["source"],
+        "user": f["user_ref"],
+        "created_at": iso(f["created_at"]),
+        "updated_at": iso(f["updated_at"]),
+        "replaced": replaced,
+    }
+
+
+def json_response(body: dict, status: int = 200, headers: dict | None = None) -> Response:
+    """A ready response, so ``@bp.output`` documents the body without re-serialising it."""
+    response = current_app.response_class(
+        json.dumps(body, ensure_ascii=False), status=status, mimetype="application/json"
+    )
+    response.headers.update(headers or {})
+    return response
 
 
 def correction_out(c: Correction) -> dict:

@@ -5,11 +5,19 @@ from __future__ import annotations
 from apiflask import APIBlueprint
 from flask import g
 
-from feedback import store
+from feedback import rawsql, store
 from feedback.auth import require
+from feedback.context import request_session
 from feedback.idempotency import run_write
 from feedback.schemas import CompletionDetail, CompletionIn, Created
-from feedback.views import ERRORS, completion_out, correction_out, feedback_out
+from feedback.views import (
+    ERRORS,
+    NOT_FOUND,
+    completion_out,
+    correction_out,
+    feedback_out,
+    json_response,
+)
 
 bp = APIBlueprint("completions", __name__, tag="Completions")
 
@@ -23,9 +31,9 @@ def log_completion(body: CompletionIn):
     """Log a completion served by a chat system, so that it can be rated."""
     limit_text(body.response)
 
-    def action():
+    def action(_tx):
         completion = store.create_completion(
-            g.db,
+            request_session(),
             messages=[m.model_dump(exclude_none=True) for m in body.messages],
             response=body.response,
             model=body.model,
@@ -36,16 +44,16 @@ def log_completion(body: CompletionIn):
         g.metrics.completions.inc()
         return {"id": completion.id}, 201
 
-    return run_write(action)
+    return json_response(*run_write(rawsql.session_write(request_session()), action))
 
 
 @bp.get("/v1/completions/<completion_id>")
 @require("agent")
 @bp.output(CompletionDetail)
-@bp.doc(security="bearer", responses=ERRORS + [404])
+@bp.doc(security="bearer", responses=NOT_FOUND)
 def get_completion(completion_id: str):
     """A completion with all its votes and corrections."""
-    completion, votes, fixes = store.completion_detail(g.db, completion_id)
+    completion, votes, fixes = store.completion_detail(request_session(), completion_id)
     return {
         **completion_out(completion),
         "feedback": [feedback_out(v) for v in votes],

@@ -5,11 +5,12 @@ from __future__ import annotations
 from apiflask import APIBlueprint
 from flask import g
 
-from feedback import store
+from feedback import rawsql, store
 from feedback.auth import require
+from feedback.context import request_session
 from feedback.idempotency import run_write
 from feedback.schemas import CorrectionIn, CorrectionOut, PageQuery, QueuePage
-from feedback.views import ERRORS, completion_out, correction_out
+from feedback.views import ERRORS, NOT_FOUND, completion_out, correction_out, json_response
 from feedback.views.completions import limit_text
 
 bp = APIBlueprint("corrections", __name__, tag="Corrections")
@@ -19,14 +20,14 @@ bp = APIBlueprint("corrections", __name__, tag="Corrections")
 @require("agent")
 @bp.input(CorrectionIn, arg_name="body")
 @bp.output(CorrectionOut, status_code=201)
-@bp.doc(security="bearer", responses=ERRORS + [404])
+@bp.doc(security="bearer", responses=NOT_FOUND)
 def post_correction(body: CorrectionIn):
     """Store a corrected answer. It supersedes earlier corrections of the completion."""
     limit_text(body.corrected_response, body.note)
 
-    def action():
+    def action(_tx):
         correction = store.add_correction(
-            g.db,
+            request_session(),
             completion_id=body.completion_id,
             corrected_response=body.corrected_response,
             note=body.note,
@@ -35,7 +36,7 @@ def post_correction(body: CorrectionIn):
         g.metrics.corrections.inc()
         return correction_out(correction), 201
 
-    return run_write(action)
+    return json_response(*run_write(rawsql.session_write(request_session()), action))
 
 
 @bp.get("/v1/review-queue")
@@ -45,6 +46,6 @@ def post_correction(body: CorrectionIn):
 @bp.doc(security="bearer", responses=ERRORS)
 def review_queue(page: PageQuery):
     """Thumbs-down completions that have no correction yet, newest vote first."""
-    rows, total = store.review_queue(g.db, limit=page.limit, offset=page.offset)
+    rows, total = store.review_queue(request_session(), limit=page.limit, offset=page.offset)
     items = [{**completion_out(c), "down_votes": n, "last_down_at": last} for c, n, last in rows]
     return {"items": items, "total": total, "limit": page.limit, "offset": page.offset}

@@ -36,7 +36,7 @@ def openai_example(completion, correction) -> dict:
             "description": "JSONL in the OpenAI chat fine-tuning format",
             "content": {"application/jsonl": {"schema": {"type": "string"}}},
         },
-        **{code: "error" for code in ERRORS},
+        **ERRORS,
     },
 )
 def export(query: ExportQuery):

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from apiflask import APIBlueprint
-from flask import current_app, g
+from flask import current_app
 from sqlalchemy import text
 
+from feedback.context import request_session
 from feedback.schemas import Health
 
 bp = APIBlueprint("ops", __name__, tag="Operations")
@@ -17,7 +18,7 @@ bp = APIBlueprint("ops", __name__, tag="Operations")
 def healthz():
     """Liveness: the service answers and its database is reachable."""
     try:
-        g.db.execute(text("SELECT 1"))
+        request_session().execute(text("SELECT 1"))
     except Exception as error:  # noqa: BLE001 - any failure means "not healthy"
         return {"status": "unhealthy", "database": type(error).__name__}, 503
     return {"status": "ok", "database": "ok"}

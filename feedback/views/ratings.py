@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from apiflask import APIBlueprint
-from flask import g
+from flask import current_app, g, request
 
-from feedback import store
+from feedback import rawsql
 from feedback.auth import require
-from feedback.idempotency import run_write
+from feedback.idempotency import HEADER, run_write
 from feedback.schemas import FeedbackIn, FeedbackOut
-from feedback.views import ERRORS, feedback_out
+from feedback.views import NOT_FOUND, feedback_out, json_response
 from feedback.views.completions import limit_text
 
 bp = APIBlueprint("ratings", __name__, tag="Feedback")
@@ -19,7 +19,7 @@ bp = APIBlueprint("ratings", __name__, tag="Feedback")
 @require("widget", "agent")
 @bp.input(FeedbackIn, arg_name="body")
 @bp.output(FeedbackOut, status_code=201)
-@bp.doc(security="bearer", responses=ERRORS + [404])
+@bp.doc(security="bearer", responses=NOT_FOUND)
 def post_feedback(body: FeedbackIn):
     """Vote on a completion. A user's second vote on it replaces the first.
 
@@ -27,9 +27,9 @@ def post_feedback(body: FeedbackIn):
     """
     limit_text(body.comment)
 
-    def action():
-        vote, replaced = store.record_feedback(
-            g.db,
+    def action(tx):
+        vote, replaced = rawsql.record_vote(
+            tx,
             completion_id=body.completion_id,
             rating=body.rating,
             reason=body.reason,
@@ -41,4 +41,7 @@ def post_feedback(body: FeedbackIn):
         g.metrics.feedback.labels(body.rating, g.caller.role).inc()
         return feedback_out(vote, replaced), 201
 
-    return run_write(action)
+    engine = current_app.extensions["tuneback"].engine
+    # Without an Idempotency-Key the vote is one statement (see rawsql.record_vote).
+    single = HEADER not in request.headers
+    return json_response(*run_write(rawsql.engine_write(engine, single_statement=single), action))

@@ -1,0 +1,296 @@
+"""Data functions over adapter versions and their promotion history.
+
+Like :mod:`feedback.store`: keyword-only functions taking an explicit session;
+writers ``flush`` but never commit, so the caller owns the transaction.
+
+The database is the source of truth for which adapter serves. The partial
+unique index ``uq_adapter_one_promoted`` guarantees at most one promoted row;
+:func:`promote_adapter` and :func:`rollback_adapter` switch it inside the
+caller's single transaction, so a crash leaves the old or the new one promoted.
+Every switch appends a :class:`PromotionEvent`, which rollback walks back.
+
+Concurrency: on PostgreSQL the switch takes a transaction-level advisory lock,
+so a second concurrent promotion waits and then builds on the first instead of
+failing on the unique index. On SQLite call these in a write transaction
+(:func:`feedback.db.write_session`), which queues writers the same way.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable
+from typing import Any
+
+from sqlalchemy import select, text
+from sqlalchemy.orm import Session
+from sqlmodel import col
+
+from feedback.exceptions import InvalidInputError, NotFoundError, TunebackError
+from feedback.models import (
+    ADAPTER_STATUSES,
+    AdapterVersion,
+    DatasetExample,
+    PromotionEvent,
+    utcnow,
+)
+
+# "tuneback" in ASCII: one application-wide key for pg_advisory_xact_lock.
+PROMOTION_LOCK_KEY = 0x74756E656261636B
+PROMOTION_ACTIONS = ("promote", "force-promote", "rollback")
+_VERSION_NAME = re.compile(r"^v(\d+)$")
+
+
+class AdapterVersionExistsError(TunebackError, ValueError):
+    """An adapter version with this name is already registered."""
+
+    code, status = "adapter_exists", 409
+
+
+class NothingToRollBackError(TunebackError, LookupError):
+    """No promoted adapter, or no earlier promotion to go back to."""
+
+    code, status = "nothing_to_roll_back", 409
+
+
+# --- rows ----------------------------------------------------------------------
+
+
+def create_adapter_version(
+    session: Session,
+    *,
+    version: str,
+    base_model: str,
+    path: str,
+    checksum: str,
+    dataset_id: str | None = None,
+    run_id: str | None = None,
+    config: dict[str, Any] | None = None,
+    metrics: dict[str, Any] | None = None,
+    gate: dict[str, Any] | None = None,
+    status: str = "candidate",
+) -> AdapterVersion:
+    """Register an adapter. It cannot be born promoted: use :func:`promote_adapter`,
+    so that every promotion has its event and rollback has a history to walk."""
+    _check_status(status)
+    if status == "promoted":
+        raise InvalidInputError("a new adapter cannot be created promoted; promote it afterwards")
+    if session.get(AdapterVersion, version) is not None:
+        raise AdapterVersionExistsError(f"adapter version {version!r} already exists")
+    adapter = AdapterVersion(
+        version=version,
+        base_model=base_model,
+        path=path,
+        checksum=checksum,
+        dataset_id=dataset_id,
+        run_id=run_id,
+        config=json_safe(config or {}),
+        metrics=json_safe(metrics or {}),
+        gate=json_safe(gate or {}),
+        status=status,
+    )
+    session.add(adapter)
+    session.flush()
+    return adapter
+
+
+def get_adapter_version(session: Session, version: str) -> AdapterVersion:
+    adapter = session.get(AdapterVersion, version, populate_existing=True)
+    if adapter is None:
+        raise NotFoundError(f"adapter version {version!r} does not exist")
+    return adapter
+
+
+def list_adapter_versions(session: Session, *, status: str | None = None) -> list[AdapterVersion]:
+    """All adapters (or those with ``status``), newest first."""
+    stmt = select(AdapterVersion).order_by(
+        col(AdapterVersion.created_at).desc(), col(AdapterVersion.version).desc()
+    )
+    if status is not None:
+        _check_status(status)
+        stmt = stmt.where(AdapterVersion.status == status)
+    return list(session.execute(stmt.execution_options(populate_existing=True)).scalars())
+
+
+def set_adapter_status(session: Session, *, version: str, status: str) -> AdapterVersion:
+    """Mark an adapter candidate, rejected or retired.
+
+    Promotion and demotion of the serving adapter go through
+    :func:`promote_adapter` and :func:`rollback_adapter` only, so the promotion
+    history stays complete.
+    """
+    _check_status(status)
+    adapter = get_adapter_version(session, version)
+    if status == "promoted":
+        raise InvalidInputError("use promote_adapter to promote an adapter")
+    if adapter.status == "promoted":
+        raise InvalidInputError(
+            f"adapter {version!r} is promoted; roll back or promote another one first"
+        )
+    adapter.status = status
+    session.flush()
+    return adapter
+
+
+def next_version_name(session: Session) -> str:
+    """The next free name in the ``v0001``, ``v0002`` ... series (sortable as text)."""
+    numbers = [
+        int(match.group(1))
+        for name in session.execute(select(AdapterVersion.version)).scalars()
+        if (match := _VERSION_NAME.match(name))
+    ]
+    return f"v{max(numbers, default=0) + 1:04d}"
+
+
+def adapters_trained_on(
+    session: Session, *, completion_ids: Iterable[str], split: str | None = "train"
+) -> list[AdapterVersion]:
+    """Adapters whose dataset included any of these completions, newest first.
+
+    Follows the lineage table: completion -> dataset example -> dataset ->
+    adapter. Only the training split counts by default (held-out examples were
+    scored, not learnt); ``split=None`` includes both.
+    """
+    ids = list(completion_ids)
+    if not ids:
+        return []
+    datasets = select(DatasetExample.dataset_id).where(col(DatasetExample.completion_id).in_(ids))
+    if split is not None:
+        datasets = datasets.where(DatasetExample.split == split)
+    stmt = (
+        select(AdapterVersion)
+        .where(col(AdapterVersion.dataset_id).in_(datasets))
+        .order_by(col(AdapterVersion.created_at).desc(), col(AdapterVersion.version).desc())
+    )
+    return list(session.execute(stmt).scalars())
+
+
+# --- promotion -----------------------------------------------------------------
+
+
+def promoted_adapter(session: Session) -> AdapterVersion | None:
+    """The adapter serving now, or None for the bare base model."""
+    stmt = select(AdapterVersion).where(AdapterVersion.status == "promoted")
+    return session.execute(stmt.execution_options(populate_existing=True)).scalar_one_or_none()
+
+
+def promote_adapter(
+    session: Session, *, version: str, actor: str, action: str = "promote"
+) -> AdapterVersion:
+    """Make ``version`` the promoted adapter; the previous one is retired.
+
+    Promoting the adapter already promoted changes nothing and records nothing.
+    Refusing rejected or corrupt adapters is the caller's policy (the registry).
+    """
+    if action not in PROMOTION_ACTIONS:
+        raise InvalidInputError(f"action must be one of {', '.join(PROMOTION_ACTIONS)}")
+    lock_promotions(session)
+    target = get_adapter_version(session, version)
+    current = promoted_adapter(session)
+    if current is not None and current.version == version:
+        return target
+    _switch(session, current=current, target=target, actor=actor, action=action)
+    return target
+
+
+def rollback_target(session: Session) -> tuple[AdapterVersion, AdapterVersion | None]:
+    """The promoted adapter and the one a rollback would restore (None: base model).
+
+    Walks the history as a stack: the target is the ``previous`` of the latest
+    non-rollback event that promoted the current adapter, so rolling back twice
+    goes two promotions back rather than bouncing between two versions.
+    """
+    current = promoted_adapter(session)
+    if current is None:
+        raise NothingToRollBackError("no adapter is promoted: the base model is already serving")
+    event = session.execute(
+        select(PromotionEvent)
+        .where(PromotionEvent.version == current.version, PromotionEvent.action != "rollback")
+        .order_by(col(PromotionEvent.id).desc())
+        .limit(1)
+    ).scalar_one_or_none()
+    if event is None:
+        raise NothingToRollBackError(
+            f"adapter {current.version!r} has no promotion event, so there is no history to "
+            "roll back along; promote the version you want instead"
+        )
+    previous = get_adapter_version(session, event.previous) if event.previous else None
+    return current, previous
+
+
+def rollback_adapter(session: Session, *, actor: str) -> AdapterVersion | None:
+    """Go back to the adapter promoted before the current one, or to the base model.
+
+    Returns the adapter now promoted (None: the base model serves).
+    """
+    lock_promotions(session)
+    current, target = rollback_target(session)
+    _switch(session, current=current, target=target, actor=actor, action="rollback")
+    return target
+
+
+def promotion_history(session: Session, *, limit: int = 50) -> list[PromotionEvent]:
+    """The latest promotion events, newest first."""
+    stmt = select(PromotionEvent).order_by(col(PromotionEvent.id).desc()).limit(limit)
+    return list(session.execute(stmt).scalars())
+
+
+def lock_promotions(session: Session) -> None:
+    """Serialize promotions across processes until the transaction ends (PostgreSQL).
+
+    SQLite needs no lock here: a write transaction already excludes other writers.
+    """
+    if False:
+        session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": PROMOTION_LOCK_KEY})
+
+
+def _switch(
+    session: Session,
+    *,
+    current: AdapterVersion | None,
+    target: AdapterVersion | None,
+    actor: str,
+    action: str,
+) -> None:
+    # Retire first and flush on its own: one flush updating both rows may run
+    # the promote first, and the unique index would see two promoted rows.
+    if current is not None:
+        current.status = "retired"
+        session.flush()
+    if target is not None:
+        target.status = "promoted"
+        target.promoted_at = utcnow()
+    session.add(
+        PromotionEvent(
+            action=action,
+            version=target.version if target else None,
+            previous=current.version if current else None,
+            actor=actor,
+        )
+    )
+    session.flush()
+
+
+# --- helpers -------------------------------------------------------------------
+
+
+def json_safe(value: Any) -> Any:
+    """``value`` with NaN and infinities replaced by None.
+
+    PostgreSQL's JSON types reject NaN, and a failed evaluation's metrics must
+    still be storable; the gate's reasons say what the missing numbers were.
+    """
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    return value
+
+
+def _check_status(status: str) -> None:
+    if status not in ADAPTER_STATUSES:
+        raise InvalidInputError(
+            f"adapter status must be one of {', '.join(ADAPTER_STATUSES)}, not {status!r}"
+        )
