@@ -240,7 +240,7 @@ def lock_promotions(session: Session) -> None:
 
     SQLite needs no lock here: a write transaction already excludes other writers.
     """
-    if False:
+    if session.get_bind().dialect.name == "postgresql":
         session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": PROMOTION_LOCK_KEY})
 
 

@@ -1,0 +1,553 @@
+"""Adapter folders on disk, promoted and rolled back through the store.
+
+Each adapter lives in ``<root>/<version>/``: the files PEFT's
+``save_pretrained`` wrote (safetensors only, never pickle), plus
+``training_config.json``, ``metrics.json``, ``gate.json``, ``manifest.json``
+and ``checksums.json`` (the sha256 of every other file). The database row
+holds the sha256 of ``checksums.json``, so one digest vouches for the folder.
+
+Crash safety. :meth:`Registry.add` builds the folder under ``.tmp-*``, fsyncs
+it, renames it into place, and only then inserts the row: a crash leaves a
+temp folder or an unregistered folder (both removed by :meth:`Registry.recover`),
+never a row without its files. The database is authoritative for which adapter
+is promoted; a switch is one transaction (see :mod:`feedback.adapter_store`).
+``<root>/CURRENT`` names the promoted version for operators, rewritten after
+each commit; it may lag after a crash, until :meth:`Registry.recover`.
+
+:func:`verify_adapter_dir` needs neither torch nor the database, so the
+serving process can refuse a broken adapter (bad checksum, truncated file,
+wrong base model) with the same checks.
+"""
+
+from __future__ import annotations
+
+import builtins
+import hashlib
+import json
+import logging
+import math
+import os
+import re
+import secrets
+import shutil
+import struct
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session
+
+from feedback import adapter_store
+from feedback.db import write_session
+from feedback.exceptions import InvalidInputError, TunebackError
+from feedback.models import AdapterVersion, utcnow
+
+WEIGHTS_FILE = "adapter_model.safetensors"
+CONFIG_FILE = "adapter_config.json"
+MANIFEST, CHECKSUMS = "manifest.json", "checksums.json"
+GENERATED = ("training_config.json", "metrics.json", "gate.json", MANIFEST, CHECKSUMS)
+# Formats that unpickle on load, and so could run code: refused everywhere.
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".joblib", ".npy", ".npz")
+POINTER = "CURRENT"
+TMP_PREFIX = ".tmp-"
+MAX_HEADER_BYTES = 100 * 1024 * 1024  # the safetensors format's own limit
+DTYPE_BYTES = {
+    "BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "U16": 2, "I16": 2, "F16": 2,
+    "BF16": 2, "U32": 4, "I32": 4, "F32": 4, "U64": 8, "I64": 8, "F64": 8,
+}  # fmt: skip
+log = logging.getLogger(__name__)
+_VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+class CorruptAdapterError(TunebackError, ValueError):
+    """An adapter folder that must not be loaded: missing, altered, truncated or mismatched."""
+
+    code, status = "corrupt_adapter", 422
+
+
+class UnsafeAdapterFileError(CorruptAdapterError):
+    """A pickle-based file (``.bin``, ``.pt``, ``.pkl`` ...): loading it could run code."""
+
+    code = "unsafe_adapter_file"
+
+
+class AdapterRejectedError(TunebackError, ValueError):
+    """Promotion of an adapter the gate rejected, without ``force``."""
+
+    code, status = "adapter_rejected", 409
+
+
+def _checkpoint(step: str) -> None:
+    """A named step of add, promote or rollback; crash tests replace this to die there."""
+
+
+# --- verification --------------------------------------------------------------
+
+
+def verify_adapter_dir(
+    path: Path | str,
+    *,
+    expected_checksum: str | None = None,
+    expected_base_model: str | None = None,
+    expected_version: str | None = None,
+) -> None:
+    """Raise :class:`CorruptAdapterError` unless ``path`` is an intact adapter folder.
+
+    Checks, in order: the folder and its required files exist; no pickle files;
+    the file set matches ``checksums.json`` (whose sha256 must equal
+    ``expected_checksum`` when given); every safetensors file is complete; every
+    file's sha256 matches; manifest and adapter config name the expected base
+    model and version when given.
+    """
+    path = Path(path)
+    if not path.is_dir():
+        raise CorruptAdapterError(f"adapter folder {path} does not exist")
+    files = _list_files(path)
+    _refuse_pickles(files, path)
+    for required in (WEIGHTS_FILE, CONFIG_FILE, MANIFEST, CHECKSUMS):
+        if required not in files:
+            raise CorruptAdapterError(f"{path}: {required} is missing")
+    listed = _read_checksums(path, expected_checksum)
+    unlisted = sorted(set(files) - set(listed) - {CHECKSUMS})
+    missing = sorted(set(listed) - set(files))
+    if unlisted or missing:
+        raise CorruptAdapterError(
+            f"{path}: files differ from checksums.json (missing: {missing}, unexpected: {unlisted})"
+        )
+    for name in files:
+        if name.endswith(".safetensors"):
+            check_safetensors(path / name)
+    for name, digest in sorted(listed.items()):
+        if sha256_file(path / name) != digest:
+            raise CorruptAdapterError(f"{path}: checksum mismatch for {name}")
+    _check_identity(path, expected_base_model, expected_version)
+
+
+def check_safetensors(file: Path) -> None:
+    """Raise :class:`CorruptAdapterError` unless ``file`` is a complete safetensors file.
+
+    Reads only the header (8-byte length, then JSON) and checks that every
+    tensor's byte range lies in the file and that the ranges cover the data
+    exactly, which is what a truncated or padded file gets wrong.
+    """
+    header, data_bytes = _read_safetensors_header(file)
+    end_max, tensors = 0, 0
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        begin, end = _tensor_range(file, name, entry)
+        if end > data_bytes:
+            raise CorruptAdapterError(
+                f"{file} is truncated: tensor {name} ends at byte {end} of the data, "
+                f"but the file holds {data_bytes}"
+            )
+        end_max, tensors = max(end_max, end), tensors + 1
+    if tensors == 0:
+        raise CorruptAdapterError(f"{file} holds no tensors")
+    if end_max != data_bytes:
+        raise CorruptAdapterError(
+            f"{file}: the header accounts for {end_max} data bytes, the file holds {data_bytes}"
+        )
+
+
+def sha256_file(file: Path) -> str:
+    digest = hashlib.sha256()
+    for chunk in _chunks(file):
+        digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _read_safetensors_header(file: Path) -> tuple[dict[str, Any], int]:
+    size = file.stat().st_size
+    with open(file, "rb") as stream:
+        head = stream.read(8)
+        if len(head) < 8:
+            raise CorruptAdapterError(f"{file} is truncated: {size} bytes, no header")
+        (length,) = struct.unpack("<Q", head)
+        if length > MAX_HEADER_BYTES:
+            raise CorruptAdapterError(f"{file}: implausible header length {length}")
+        if 8 + length > size:
+            raise CorruptAdapterError(
+                f"{file} is truncated: the header needs {length} bytes, the file has {size - 8}"
+            )
+        raw = stream.read(length)
+    try:
+        header = json.loads(raw)
+    except ValueError as error:  # UnicodeDecodeError is a ValueError too
+        raise CorruptAdapterError(f"{file}: the header is not valid JSON ({error})") from None
+    if not isinstance(header, dict):
+        raise CorruptAdapterError(f"{file}: the header is not a JSON object")
+    return header, size - 8 - length
+
+
+def _tensor_range(file: Path, name: str, entry: Any) -> tuple[int, int]:
+    try:
+        begin, end = (int(x) for x in entry["data_offsets"])
+        shape = [int(n) for n in entry["shape"]]
+        dtype = str(entry["dtype"])
+    except (TypeError, KeyError, ValueError):
+        raise CorruptAdapterError(f"{file}: malformed header entry for tensor {name}") from None
+    if not 0 <= begin <= end:
+        raise CorruptAdapterError(f"{file}: tensor {name} has offsets {begin}..{end}")
+    width = DTYPE_BYTES.get(dtype)
+    if width is not None and math.prod(shape) * width != end - begin:
+        raise CorruptAdapterError(
+            f"{file}: tensor {name} ({dtype} {shape}) should take "
+            f"{math.prod(shape) * width} bytes, its offsets give {end - begin}"
+        )
+    return begin, end
+
+
+def _read_checksums(path: Path, expected_checksum: str | None) -> dict[str, str]:
+    if expected_checksum is not None and sha256_file(path / CHECKSUMS) != expected_checksum:
+        raise CorruptAdapterError(f"{path}: checksums.json does not match the registered checksum")
+    files = _read_json_object(path / CHECKSUMS).get("files")
+    if not isinstance(files, dict) or not all(isinstance(v, str) for v in files.values()):
+        raise CorruptAdapterError(f"{path}: checksums.json is unreadable")
+    return files
+
+
+def _check_identity(path: Path, base_model: str | None, version: str | None) -> None:
+    manifest, config = _read_json_object(path / MANIFEST), _read_json_object(path / CONFIG_FILE)
+    if version is not None and manifest.get("version") != version:
+        raise CorruptAdapterError(
+            f"{path}: the manifest names version {manifest.get('version')!r}, not {version!r}"
+        )
+    if base_model is None:
+        return
+    for source, found in (
+        ("manifest", manifest.get("base_model")),
+        (CONFIG_FILE, config.get("base_model_name_or_path", base_model)),
+    ):
+        if found != base_model:
+            raise CorruptAdapterError(
+                f"{path}: trained for base model {found!r} ({source}), not {base_model!r}"
+            )
+
+
+def _read_json_object(file: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(file.read_bytes())
+    except ValueError:
+        raise CorruptAdapterError(f"{file} is not valid JSON") from None
+    if not isinstance(data, dict):
+        raise CorruptAdapterError(f"{file} is not a JSON object")
+    return data
+
+
+def _list_files(folder: Path) -> list[str]:
+    """Every regular file under ``folder``, as sorted POSIX paths relative to it."""
+    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
+
+
+def _refuse_pickles(files: builtins.list[str], folder: Path) -> None:
+    unsafe = [name for name in files if name.lower().endswith(PICKLE_SUFFIXES)]
+    if unsafe:
+        raise UnsafeAdapterFileError(
+            f"{folder}: pickle-based files are refused, save adapters as safetensors: {unsafe}"
+        )
+
+
+# --- crash-safe file writing ---------------------------------------------------
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _chunks(file: Path) -> Iterator[bytes]:
+    with open(file, "rb") as stream:
+        while chunk := stream.read(1 << 20):
+            yield chunk
+
+
+def _write_durably(target: Path, chunks: Iterable[bytes]) -> str:
+    """Write ``chunks`` to a new file and fsync it; return their sha256."""
+    digest = hashlib.sha256()
+    with open(target, "xb") as stream:
+        for chunk in chunks:
+            digest.update(chunk)
+            stream.write(chunk)
+        stream.flush()
+        os.fsync(stream.fileno())
+    return digest.hexdigest()
+
+
+def _json_bytes(data: Any) -> bytes:
+    safe = adapter_store.json_safe(data)
+    return json.dumps(safe, indent=2, sort_keys=True, allow_nan=False, default=str).encode()
+
+
+def _stage(source: Path, files: builtins.list[str], staging: Path, extra: dict[str, Any]) -> str:
+    """Copy ``files`` and write ``extra`` (name -> JSON data) and checksums.json into
+    ``staging``, all fsynced; return the sha256 of checksums.json."""
+    staging.mkdir()
+    digests = {}
+    for name in files:
+        (staging / name).parent.mkdir(parents=True, exist_ok=True)
+        digests[name] = _write_durably(staging / name, _chunks(source / name))
+    for name, data in extra.items():
+        digests[name] = _write_durably(staging / name, [_json_bytes(data)])
+    checksums = _json_bytes({"algorithm": "sha256", "files": digests})
+    _write_durably(staging / CHECKSUMS, [checksums])
+    for folder in sorted({(staging / name).parent for name in digests}, reverse=True):
+        _fsync_dir(folder)
+    return hashlib.sha256(checksums).hexdigest()
+
+
+# --- the registry --------------------------------------------------------------
+
+
+class Registry:
+    """Adapter versions under ``root``, with their rows in the store.
+
+    ``base_model``, when given, is the model this deployment serves: verify and
+    promote then refuse adapters trained for any other.
+    """
+
+    def __init__(self, root: Path, engine: Engine, *, base_model: str | None = None) -> None:
+        self.root = Path(root)
+        self.engine = engine
+        self.base_model = base_model
+
+    def path(self, version: str) -> Path:
+        if not _VERSION.match(version):
+            raise InvalidInputError(f"{version!r} is not a valid adapter version name")
+        return self.root / version
+
+    def get(self, version: str) -> AdapterVersion:
+        with Session(self.engine, expire_on_commit=False) as session:
+            return adapter_store.get_adapter_version(session, version)
+
+    def promoted(self) -> AdapterVersion | None:
+        with Session(self.engine, expire_on_commit=False) as session:
+            return adapter_store.promoted_adapter(session)
+
+    def add(
+        self,
+        source_dir: Path,
+        *,
+        base_model: str,
+        version: str | None = None,
+        dataset_id: str | None = None,
+        run_id: str | None = None,
+        config: dict[str, Any] | None = None,
+        metrics: dict[str, Any] | None = None,
+        gate: dict[str, Any] | None = None,
+        status: str = "candidate",
+    ) -> AdapterVersion:
+        """Store the adapter in ``source_dir`` as a new version and register it.
+
+        The folder is complete and fsynced before it appears under its name,
+        and the row is inserted only after that: see the module docstring.
+        """
+        if status not in ("candidate", "rejected"):
+            raise InvalidInputError(f"a new adapter is a candidate or rejected, not {status!r}")
+        source_dir = Path(source_dir)
+        files = _source_files(source_dir)
+        self.root.mkdir(parents=True, exist_ok=True)
+        version = self._free_name() if version is None else version
+        final = self.path(version)
+        if final.exists() or self._registered(version):
+            raise adapter_store.AdapterVersionExistsError(f"adapter {version!r} already exists")
+        extra = _generated_files(
+            version=version, base_model=base_model, dataset_id=dataset_id, run_id=run_id,
+            config=config, metrics=metrics, gate=gate,
+        )  # fmt: skip
+        checksum = self._place(source_dir, files, extra, final, base_model)
+        _checkpoint("renamed")
+        row = dict(dataset_id=dataset_id, run_id=run_id, config=config, metrics=metrics, gate=gate)
+        try:
+            with write_session(self.engine) as session:
+                adapter = adapter_store.create_adapter_version(
+                    session, version=version, base_model=base_model, path=str(final.resolve()),
+                    checksum=checksum, status=status, **row,
+                )  # fmt: skip
+                _checkpoint("inserted")
+                session.commit()
+        except BaseException:
+            self._forget_unregistered(version)
+            raise
+        _checkpoint("committed")
+        return adapter
+
+    def verify(self, version: str, *, expected_base_model: str | None = None) -> None:
+        """Raise :class:`CorruptAdapterError` unless ``version``'s folder is intact."""
+        self._verify_row(self.get(version), expected_base_model)
+
+    def promote(self, version: str, *, actor: str, force: bool = False) -> AdapterVersion:
+        """Make ``version`` the serving adapter, retiring the one before.
+
+        Refuses an adapter the gate rejected, or one whose folder fails
+        :meth:`verify`, unless ``force``; a forced promotion is recorded as such.
+        """
+        problems: builtins.list[str] = []
+        try:
+            self.verify(version)
+        except CorruptAdapterError as error:
+            if not force:
+                raise CorruptAdapterError(f"{error}; promote with force to override") from error
+            problems.append(str(error))
+        with write_session(self.engine) as session:
+            adapter = adapter_store.get_adapter_version(session, version)
+            if adapter.status == "rejected" and not force:
+                reasons = "; ".join(adapter.gate.get("reasons") or []) or "no reasons recorded"
+                raise AdapterRejectedError(
+                    f"adapter {version!r} was rejected by the gate ({reasons}); "
+                    "promote with force to override"
+                )
+            forced = bool(problems) or adapter.status == "rejected"
+            action = "force-promote" if forced else "promote"
+            adapter = adapter_store.promote_adapter(
+                session, version=version, actor=actor, action=action
+            )
+            _checkpoint("promoted")
+            session.commit()
+        _checkpoint("committed")
+        self._update_pointer(version)
+        return adapter
+
+    def rollback(self, *, actor: str) -> AdapterVersion | None:
+        """Go back to the previously promoted adapter (None: the base model).
+
+        The adapter rolled back to must still verify; otherwise nothing changes.
+        """
+        with write_session(self.engine) as session:
+            adapter_store.lock_promotions(session)
+            _, target = adapter_store.rollback_target(session)
+            if target is not None:
+                self._verify_row(target, None)
+            restored = adapter_store.rollback_adapter(session, actor=actor)
+            _checkpoint("rolled_back")
+            session.commit()
+        _checkpoint("committed")
+        self._update_pointer(restored.version if restored else None)
+        return restored
+
+    def recover(self) -> builtins.list[Path]:
+        """Remove what crashed adds left behind and rewrite ``CURRENT``; return the removed.
+
+        Removes ``.tmp-*`` entries and version folders that have a manifest but
+        no row. Run it when no other process is adding adapters (at the start
+        of a retrain cycle, under its lease): an add in flight looks the same.
+        """
+        if not self.root.is_dir():
+            return []
+        with Session(self.engine) as session:
+            known = {a.version for a in adapter_store.list_adapter_versions(session)}
+        removed = []
+        for entry in sorted(self.root.iterdir()):
+            orphan = entry.is_dir() and entry.name not in known and (entry / MANIFEST).is_file()
+            if entry.name.startswith(TMP_PREFIX) or orphan:
+                if entry.is_dir() and not entry.is_symlink():
+                    shutil.rmtree(entry)
+                else:
+                    entry.unlink()
+                removed.append(entry)
+        if removed:
+            _fsync_dir(self.root)
+        current = self.promoted()
+        self._write_pointer(current.version if current else None)
+        return removed
+
+    def list(self) -> builtins.list[AdapterVersion]:
+        """Registered adapters, newest first (folders without a row are not adapters)."""
+        with Session(self.engine, expire_on_commit=False) as session:
+            return adapter_store.list_adapter_versions(session)
+
+    # --- internals ---
+
+    def _verify_row(self, adapter: AdapterVersion, expected_base_model: str | None) -> None:
+        verify_adapter_dir(
+            self.path(adapter.version),
+            expected_checksum=adapter.checksum,
+            expected_base_model=expected_base_model or self.base_model or adapter.base_model,
+            expected_version=adapter.version,
+        )
+
+    def _free_name(self) -> str:
+        """The next ``vNNNN`` that neither a row nor a folder (a crashed add) uses."""
+        with Session(self.engine) as session:
+            name = adapter_store.next_version_name(session)
+        while (self.root / name).exists():
+            name = f"v{int(name[1:]) + 1:04d}"
+        return name
+
+    def _place(
+        self, source: Path, files: builtins.list[str], extra: dict[str, Any], final: Path, base: str
+    ) -> str:
+        """Build the folder under a temp name, verify it, rename it to ``final``."""
+        staging = self.root / f"{TMP_PREFIX}{final.name}-{secrets.token_hex(4)}"
+        try:
+            checksum = _stage(source, files, staging, extra)
+            verify_adapter_dir(staging, expected_checksum=checksum, expected_base_model=base)
+            _checkpoint("staged")
+            os.replace(staging, final)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        _fsync_dir(self.root)
+        return checksum
+
+    def _registered(self, version: str) -> bool:
+        with Session(self.engine) as session:
+            return session.get(AdapterVersion, version) is not None
+
+    def _forget_unregistered(self, version: str) -> None:
+        """Remove the folder of an add whose row did not commit (if it surely did not)."""
+        try:
+            registered = self._registered(version)
+        except Exception:  # noqa: BLE001 - the database is unreachable: recover() decides later
+            return
+        if not registered:
+            shutil.rmtree(self.path(version), ignore_errors=True)
+
+    def _update_pointer(self, version: str | None) -> None:
+        """Rewrite ``CURRENT`` after a committed switch; failing to is only worth a warning,
+        since the database already says which adapter is promoted."""
+        try:
+            self._write_pointer(version)
+        except OSError as error:
+            log.warning("could not update %s (run recover() later): %s", self.root / POINTER, error)
+
+    def _write_pointer(self, version: str | None) -> None:
+        """Atomically write ``CURRENT``: the promoted version, or empty for the base model."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        staging = self.root / f"{TMP_PREFIX}{POINTER}-{secrets.token_hex(4)}"
+        _write_durably(staging, [f"{version or ''}\n".encode()])
+        _checkpoint("pointer_staged")
+        os.replace(staging, self.root / POINTER)
+        _fsync_dir(self.root)
+
+
+def _generated_files(
+    *, version: str, base_model: str, config: Any, metrics: Any, gate: Any, **lineage: Any
+) -> dict[str, Any]:
+    """The JSON files the registry writes next to the adapter: name -> content."""
+    manifest = {"version": version, "base_model": base_model, **lineage}
+    return {
+        "training_config.json": config or {},
+        "metrics.json": metrics or {},
+        "gate.json": gate or {},
+        MANIFEST: {**manifest, "created_at": utcnow().isoformat()},
+    }
+
+
+def _source_files(source_dir: Path) -> builtins.list[str]:
+    """The files to copy from a PEFT output folder, after refusing what must not go in."""
+    if not source_dir.is_dir():
+        raise InvalidInputError(f"adapter source {source_dir} is not a folder")
+    files = _list_files(source_dir)
+    _refuse_pickles(files, source_dir)
+    clashes = sorted(set(files) & set(GENERATED))
+    if clashes:
+        raise InvalidInputError(f"{source_dir}: {clashes} would be overwritten by the registry")
+    for required in (WEIGHTS_FILE, CONFIG_FILE):
+        if required not in files:
+            raise CorruptAdapterError(f"{source_dir}: {required} is missing")
+    return files
