@@ -155,6 +155,11 @@ class RetrainRun(SQLModel, table=True):
     started_at: datetime = _ts(index=True)
     finished_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
     trigger: str = Field(default="manual", max_length=16)  # manual | schedule
+    # The cron tick a scheduled run belongs to: unique, so two schedulers
+    # firing for the same tick run one cycle between them.
+    scheduled_for: datetime | None = Field(
+        default=None, sa_type=DateTime(timezone=True), unique=True
+    )
     status: str = Field(default="running", max_length=16)
     dataset_id: str | None = Field(default=None, max_length=32)
     adapter_version: str | None = Field(default=None, max_length=64)

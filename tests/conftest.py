@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import uuid
+from pathlib import Path
 
 import pytest
 from sqlalchemy import create_engine, text
@@ -144,3 +145,18 @@ def completion_id(client, keys) -> str:
     )
     assert response.status_code == 201, response.json
     return response.json["id"]
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> str:
+    """A seeded, randomly initialised 2-layer Llama with SmolLM2's tokenizer."""
+    import importlib.util
+    import sys
+
+    spec = importlib.util.spec_from_file_location(
+        "make_tiny_model", Path(__file__).parents[1] / "scripts" / "make_tiny_model.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["make_tiny_model"] = module
+    spec.loader.exec_module(module)
+    return str(module.build_tiny_model(tmp_path_factory.mktemp("tiny-model"), seed=0))

@@ -150,6 +150,16 @@ def api(host: str | None, port: int | None, workers: int | None) -> None:
     run_gunicorn("feedback.app:create_app", settings)
 
 
+def _add_retrain_commands() -> None:
+    from tuneback.cli_retrain import COMMANDS
+
+    for command in COMMANDS:
+        cli.add_command(command)
+
+
+_add_retrain_commands()
+
+
 def main() -> None:  # pragma: no cover - console entry for python -m
     try:
         cli()

@@ -62,6 +62,7 @@ def upgrade() -> None:
         sa.Column("started_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("finished_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("trigger", sa.String(length=16), nullable=False),
+        sa.Column("scheduled_for", sa.DateTime(timezone=True), nullable=True),
         sa.Column("status", sa.String(length=16), nullable=False),
         sa.Column("dataset_id", sa.String(length=32), nullable=True),
         sa.Column("adapter_version", sa.String(length=64), nullable=True),
@@ -72,6 +73,7 @@ def upgrade() -> None:
             nullable=False,
         ),
         sa.PrimaryKeyConstraint("id"),
+        sa.UniqueConstraint("scheduled_for"),
     )
     with op.batch_alter_table("retrain_run", schema=None) as batch_op:
         batch_op.create_index(batch_op.f("ix_retrain_run_started_at"), ["started_at"], unique=False)

@@ -1,0 +1,341 @@
+"""One retrain cycle, start to finish, as a plain function tests can call.
+
+claim the run -> take the lease -> read feedback -> build and record the
+dataset -> train (child process) -> evaluate base, champion and candidate
+(child process) -> gate -> register the adapter -> promote it if it passed.
+
+Every step logs with the run id; a failure is recorded on the run and
+re-raised. Only one cycle runs at a time, across processes and machines,
+thanks to a lease in the database.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import subprocess
+import sys
+import threading
+import uuid
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session
+
+from feedback import run_store
+from feedback.db import write_session
+from feedback.exceptions import TunebackError
+from feedback.settings import Settings
+from retrain import dataset as ds
+from retrain.base_model import resolve_base_model
+from retrain.evaluate import EvalJob
+from retrain.gate import Thresholds, decide
+from retrain.registry import Registry
+from retrain.sources import load_source_rows
+from retrain.train import TrainConfig, TrainJob
+
+log = logging.getLogger("retrain.cycle")
+LEASE = "retrain-cycle"
+LEASE_TTL = timedelta(minutes=10)
+
+
+class CycleFailedError(TunebackError, RuntimeError):
+    code = "cycle_failed"
+
+    def __init__(self, message: str, result: CycleResult) -> None:
+        super().__init__(message)
+        self.result = result
+
+
+@dataclass
+class CycleResult:
+    """What ``tuneback retrain --json`` prints."""
+
+    run_id: str | None
+    status: str  # promoted | rejected | skipped | failed
+    dataset: dict[str, Any] = field(default_factory=dict)
+    adapter: str | None = None
+    metrics: dict[str, Any] = field(default_factory=dict)
+    gate: dict[str, Any] = field(default_factory=lambda: {"passed": False, "reasons": []})
+    reason: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class _Lease:
+    """The cycle lease, renewed in the background while the cycle runs."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def acquire(self) -> bool:
+        with write_session(self.engine) as session:
+            ok = run_store.acquire_lease(session, name=LEASE, holder=self.holder, ttl=LEASE_TTL)
+            session.commit()
+        if ok:
+            self._thread = threading.Thread(target=self._renew, daemon=True)
+            self._thread.start()
+        return ok
+
+    def _renew(self) -> None:
+        while not self._stop.wait(LEASE_TTL.total_seconds() / 3):
+            self.acquire_quietly()
+
+    def acquire_quietly(self) -> None:
+        try:
+            with write_session(self.engine) as session:
+                run_store.acquire_lease(session, name=LEASE, holder=self.holder, ttl=LEASE_TTL)
+                session.commit()
+        except Exception:  # noqa: BLE001 - a missed renewal is retried next time
+            log.warning("could not renew the cycle lease", exc_info=True)
+
+    def release(self) -> None:
+        self._stop.set()
+        with write_session(self.engine) as session:
+            run_store.release_lease(session, name=LEASE, holder=self.holder)
+            session.commit()
+
+
+def run_cycle(
+    settings: Settings,
+    engine: Engine,
+    *,
+    trigger: str = "manual",
+    scheduled_for: datetime | None = None,
+) -> CycleResult:
+    """Run one cycle. Returns its result; raises CycleFailedError if it failed."""
+    with write_session(engine) as session:
+        run = run_store.start_run(session, trigger=trigger, scheduled_for=scheduled_for)
+        session.commit()
+    if run is None:
+        log.info("a cycle for the tick %s already ran or is running", scheduled_for)
+        return CycleResult(None, "skipped", reason="this scheduled tick already has a run")
+    lease = _Lease(engine)
+    if not lease.acquire():
+        result = CycleResult(run.id, "skipped", reason="another cycle is running")
+        _finish(engine, result)
+        return result
+    try:
+        result = _Cycle(settings, engine, run.id).run()
+    except Exception as error:
+        log.exception("run %s failed", run.id)
+        result = CycleResult(run.id, "failed", reason=f"{type(error).__name__}: {error}")
+        _finish(engine, result, error=result.reason)
+        raise CycleFailedError(result.reason, result) from error
+    finally:
+        lease.release()
+    _finish(engine, result)
+    return result
+
+
+def _finish(engine: Engine, result: CycleResult, error: str | None = None) -> None:
+    with write_session(engine) as session:
+        run_store.finish_run(
+            session,
+            result.run_id,
+            status=result.status,
+            error=error,
+            dataset_id=result.dataset.get("id"),
+            adapter_version=result.adapter,
+            result=json.loads(json.dumps(result.to_dict(), default=str)),
+        )
+        session.commit()
+
+
+class _Cycle:
+    """The steps of one run, sharing its settings, engine and work folder."""
+
+    def __init__(self, settings: Settings, engine: Engine, run_id: str) -> None:
+        self.settings, self.engine, self.run_id = settings, engine, run_id
+        self.work = settings.data_dir / "runs" / run_id
+        self.registry = Registry(settings.data_dir / "adapters", engine)
+
+    def run(self) -> CycleResult:
+        log.info("run %s: reading feedback", self.run_id)
+        dataset, new_count = self.build_dataset()
+        counts = {"train": len(dataset.train("sft")), "heldout": len(dataset.heldout("sft"))}
+        if new_count < self.settings.min_new_examples:
+            reason = (
+                f"not enough data: {new_count} new training examples, "
+                f"{self.settings.min_new_examples} needed"
+            )
+            log.info("run %s skipped: %s", self.run_id, reason)
+            return CycleResult(self.run_id, "skipped", dataset=counts, reason=reason)
+        counts["id"] = self.record_dataset(dataset)
+        base = resolve_base_model(self.settings.base_model, self.settings.data_dir)
+        adapter_dir, train_record = self.train(dataset, base)
+        champion = self.registry.promoted()
+        metrics, error = self.evaluate(dataset, base, adapter_dir, champion)
+        result = self.judge(metrics, error, champion)
+        return self.register(result, counts, adapter_dir, base, train_record)
+
+    def build_dataset(self) -> tuple[Any, int]:
+        with Session(self.engine) as session:
+            rows = load_source_rows(session)
+            heldout = run_store.heldout_completions(session)
+            trained = run_store.trained_example_ids(session)
+        dataset = ds.build_dataset(rows, self.dataset_config(), previously_heldout=heldout)
+        new = [e for e in dataset.train("sft") if e.id not in trained]
+        log.info(
+            "run %s: %d SFT examples (%d new), %d held out",
+            self.run_id,
+            len(dataset.train("sft")),
+            len(new),
+            len(dataset.heldout("sft")),
+        )
+        return dataset, len(new)
+
+    def dataset_config(self) -> Any:
+        return dataset_config(self.settings)
+
+    def record_dataset(self, dataset: Any) -> str:
+        with write_session(self.engine) as session:
+            snapshot = run_store.record_dataset(
+                session,
+                content_hash=dataset.manifest["content_hash"],
+                counts=dataset.manifest["counts"],
+                path=None,
+                examples=[(e.id, e.completion_id, e.split, e.kind) for e in dataset.examples],
+            )
+            folder = self.settings.data_dir / "datasets" / snapshot.id
+            ds.write_snapshot(dataset, folder)
+            snapshot.path = str(folder)
+            session.commit()
+            return snapshot.id
+
+    def train(self, dataset: Any, base: Path) -> tuple[Path, dict]:
+        self.work.mkdir(parents=True, exist_ok=True)
+        job = TrainJob(
+            base_model=str(base),
+            out_dir=str(self.work),
+            sft=[
+                _train_row(e)
+                for e in dataset.examples
+                if e.split == "train" and e.kind in ("sft", "positive")
+            ],
+            preferences=[
+                {"prompt": e.prompt, "chosen": e.completion, "rejected": e.rejected}
+                for e in dataset.train("preference")
+            ],
+            config=TrainConfig.from_settings(self.settings),
+            run_id=self.run_id,
+        )
+        job_file = self.work / "train_job.json"
+        job.save(job_file)
+        log.info("run %s: training on %d examples (child process)", self.run_id, len(job.sft))
+        _child("retrain.train", job_file, "training")
+        record = json.loads((self.work / "train_result.json").read_text())
+        return self.work / "adapter", record
+
+    def evaluate(
+        self, dataset: Any, base: Path, adapter_dir: Path, champion: Any
+    ) -> tuple[dict | None, str | None]:
+        adapters = {"candidate": str(adapter_dir)}
+        if champion is not None:
+            adapters["champion"] = str(self.registry.path(champion.version))
+        job = EvalJob(
+            base_model=str(base),
+            out_path=str(self.work / "eval_result.json"),
+            adapters=adapters,
+            heldout=[_eval_row(e) for e in dataset.heldout("sft")],
+            positives=[_eval_row(e) for e in dataset.heldout("positive")],
+            golden=_read_golden(self.settings.golden_set),
+            run_id=self.run_id,
+        )
+        job_file = self.work / "eval_job.json"
+        job.save(job_file)
+        try:
+            _child("retrain.evaluate", job_file, "evaluation")
+            return json.loads(Path(job.out_path).read_text()), None
+        except (TunebackError, OSError, ValueError) as error:
+            log.error("run %s: evaluation failed: %s", self.run_id, error)
+            return None, str(error)
+
+    def judge(self, metrics: dict | None, error: str | None, champion: Any) -> Any:
+        metrics = metrics or {}
+        thresholds = Thresholds(
+            margin=self.settings.gate_margin, tolerance=self.settings.gate_tolerance
+        )
+        result = decide(
+            metrics.get("candidate"),
+            metrics.get("champion") if champion is not None else None,
+            thresholds,
+            base=metrics.get("base"),
+            error=error,
+        )
+        for reason in result.reasons:
+            log.info("run %s gate: %s", self.run_id, reason)
+        return metrics, result
+
+    def register(
+        self, judged: Any, counts: dict, adapter_dir: Path, base: Path, train_record: dict
+    ) -> CycleResult:
+        metrics, gate = judged
+        adapter = self.registry.add(
+            adapter_dir,
+            base_model=str(base),
+            dataset_id=counts["id"],
+            run_id=self.run_id,
+            config=train_record,
+            metrics=metrics,
+            gate=gate.to_dict(),
+            status="candidate" if gate.passed else "rejected",
+        )
+        status = "rejected"
+        if gate.passed:
+            self.registry.promote(adapter.version, actor=f"retrain run {self.run_id}")
+            status = "promoted"
+        log.info("run %s: adapter %s %s", self.run_id, adapter.version, status)
+        return CycleResult(
+            self.run_id,
+            status,
+            dataset=counts,
+            adapter=adapter.version,
+            metrics=metrics,
+            gate={"passed": gate.passed, "reasons": list(gate.reasons)},
+        )
+
+
+def dataset_config(settings: Settings) -> Any:
+    return ds.DatasetConfig(
+        heldout_fraction=settings.heldout_fraction,
+        include_positives=settings.include_positives,
+        positive_weight=settings.positive_weight,
+        max_thumbs_per_user=settings.max_thumbs_per_user,
+        max_example_tokens=settings.max_example_tokens,
+        seed=settings.seed,
+    )
+
+
+def _train_row(example: Any) -> dict:
+    return {"prompt": example.prompt, "completion": example.completion, "kind": example.kind}
+
+
+def _eval_row(example: Any) -> dict:
+    return {"prompt": example.prompt, "completion": example.completion}
+
+
+def _read_golden(path: Path | None) -> list[dict]:
+    if path is None:
+        return []
+    try:
+        lines = path.read_text().splitlines()
+        return [json.loads(line) for line in lines if line.strip()]
+    except (OSError, ValueError) as error:
+        raise TunebackError(f"cannot read the golden set {path}: {error}") from error
+
+
+def _child(module: str, job_file: Path, what: str) -> None:
+    """Run ``python -m module job_file``; its output goes to ours (progress bars)."""
+    done = subprocess.run([sys.executable, "-m", module, str(job_file)], check=False)
+    if done.returncode != 0:
+        raise TunebackError(f"{what} crashed (exit code {done.returncode}); see the log above")

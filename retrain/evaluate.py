@@ -1,0 +1,216 @@
+"""Score the base model, the champion and the candidate on the same held-out data.
+
+Per model: the mean token loss of the reference (corrected) answers, greedy
+answers' exact match and token-overlap F1 against them, the same overlap on
+held-out thumbs-up answers (a regression suite), and the pass rate of an
+optional golden file (expected answers, required substrings, JSON keys).
+The gate (``retrain.gate``) turns these numbers into a decision.
+
+Runs as ``python -m retrain.evaluate JOB.json`` in a child process: a crash
+leaves no result file, and the cycle then fails closed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import re
+import sys
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("retrain.evaluate")
+BASE = "base"
+
+
+@dataclass
+class EvalJob:
+    base_model: str
+    out_path: str
+    adapters: dict[str, str] = field(default_factory=dict)  # name -> adapter folder
+    heldout: list[dict] = field(default_factory=list)  # {"prompt": [...], "completion": str}
+    positives: list[dict] = field(default_factory=list)
+    golden: list[dict] = field(default_factory=list)
+    max_new_tokens: int = 96
+    batch_size: int = 8
+    run_id: str = "-"
+
+    def save(self, path: Path) -> None:
+        path.write_text(json.dumps(asdict(self)))
+
+    @classmethod
+    def load(cls, path: Path) -> EvalJob:
+        return cls(**json.loads(path.read_text()))
+
+
+# --- pure scoring helpers ------------------------------------------------------------
+
+
+def _words(text: str) -> list[str]:
+    return re.findall(r"\w+|[^\w\s]", text.lower())
+
+
+def token_f1(prediction: str, reference: str) -> float:
+    """Token-overlap F1 (SQuAD style) between two texts."""
+    pred, ref = _words(prediction), _words(reference)
+    if not pred and not ref:
+        return 1.0
+    common = sum((Counter(pred) & Counter(ref)).values())
+    if common == 0:
+        return 0.0
+    precision, recall = common / len(pred), common / len(ref)
+    return 2 * precision * recall / (precision + recall)
+
+
+def golden_passes(answer: str, case: dict) -> bool:
+    """A golden case passes when every check it names holds."""
+    if "expected" in case and answer.strip() != case["expected"].strip():
+        return False
+    if "contains" in case and case["contains"].lower() not in answer.lower():
+        return False
+    if "json_keys" in case:
+        try:
+            parsed = json.loads(answer)
+        except ValueError:
+            return False
+        if not isinstance(parsed, dict) or not set(case["json_keys"]) <= set(parsed):
+            return False
+    return True
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values) if values else math.nan
+
+
+# --- model side ---------------------------------------------------------------------
+
+
+class Scorer:
+    """A base model with named adapters, scored one configuration at a time."""
+
+    def __init__(self, base_model: str, adapters: dict[str, str]) -> None:
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.torch = torch
+        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.tokenizer = AutoTokenizer.from_pretrained(base_model)
+        self.tokenizer.padding_side = "left"
+        model = AutoModelForCausalLM.from_pretrained(base_model, dtype=torch.float32)
+        if adapters:
+            from peft import PeftModel
+
+            (first, path), *rest = adapters.items()
+            model = PeftModel.from_pretrained(model, path, adapter_name=first)
+            for name, path in rest:
+                model.load_adapter(path, adapter_name=name)
+        self.model = model.to(self.device).eval()
+        self.has_adapters = bool(adapters)
+
+    def use(self, name: str) -> Any:
+        """A context in which the model answers as ``name`` (``base``: no adapter)."""
+        from contextlib import nullcontext
+
+        if name == BASE:
+            return self.model.disable_adapter() if self.has_adapters else nullcontext()
+        self.model.set_adapter(name)
+        return nullcontext()
+
+    def _prompt_ids(self, messages: list[dict]) -> list[int]:
+        return self.tokenizer.apply_chat_template(
+            messages, add_generation_prompt=True, tokenize=True, return_dict=True
+        )["input_ids"]
+
+    def answer_loss(self, messages: list[dict], answer: str) -> float:
+        """Mean negative log-likelihood per token of ``answer`` after ``messages``."""
+        prompt = self._prompt_ids(messages)
+        full = self.tokenizer.apply_chat_template(
+            [*messages, {"role": "assistant", "content": answer}],
+            tokenize=True,
+            return_dict=True,
+        )["input_ids"]
+        ids = self.torch.tensor([full], device=self.device)
+        labels = ids.clone()
+        labels[:, : len(prompt)] = -100
+        with self.torch.no_grad():
+            return float(self.model(input_ids=ids, labels=labels).loss)
+
+    def generate(self, prompts: list[list[dict]], max_new_tokens: int, batch: int) -> list[str]:
+        """Greedy answers, batched with left padding."""
+        answers = []
+        for start in range(0, len(prompts), batch):
+            texts = [
+                self.tokenizer.apply_chat_template(p, add_generation_prompt=True, tokenize=False)
+                for p in prompts[start : start + batch]
+            ]
+            enc = self.tokenizer(
+                texts, return_tensors="pt", padding=True, add_special_tokens=False
+            ).to(self.device)
+            with self.torch.no_grad():
+                out = self.model.generate(
+                    **enc,
+                    max_new_tokens=max_new_tokens,
+                    do_sample=False,
+                    pad_token_id=self.tokenizer.pad_token_id,
+                )
+            new = out[:, enc["input_ids"].shape[1] :]
+            answers += self.tokenizer.batch_decode(new, skip_special_tokens=True)
+        return [a.strip() for a in answers]
+
+
+def score_model(scorer: Scorer, name: str, job: EvalJob) -> dict[str, float]:
+    """Every metric for one model configuration."""
+    metrics: dict[str, float] = {"heldout_count": len(job.heldout)}
+
+    def answers(cases: list[dict]) -> list[str]:
+        prompts = [_messages(case["prompt"]) for case in cases]
+        return scorer.generate(prompts, job.max_new_tokens, job.batch_size)
+
+    with scorer.use(name):
+        if job.heldout:
+            pairs = list(zip(answers(job.heldout), job.heldout, strict=True))
+            metrics["heldout_loss"] = _mean(
+                [scorer.answer_loss(c["prompt"], c["completion"]) for c in job.heldout]
+            )
+            metrics["heldout_exact"] = _mean(
+                [float(a == c["completion"].strip()) for a, c in pairs]
+            )
+            metrics["heldout_overlap"] = _mean([token_f1(a, c["completion"]) for a, c in pairs])
+        if job.positives:
+            pairs = zip(answers(job.positives), job.positives, strict=True)
+            metrics["positives_overlap"] = _mean([token_f1(a, c["completion"]) for a, c in pairs])
+        if job.golden:
+            pairs = zip(answers(job.golden), job.golden, strict=True)
+            metrics["golden_pass"] = _mean([float(golden_passes(a, c)) for a, c in pairs])
+    return metrics
+
+
+def _messages(prompt: str | list[dict]) -> list[dict]:
+    return [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
+
+
+def evaluate(job: EvalJob) -> dict[str, dict[str, float]]:
+    scorer = Scorer(job.base_model, job.adapters)
+    results = {}
+    for name in (BASE, *job.adapters):
+        log.info("run %s evaluating %s on %d held-out examples", job.run_id, name, len(job.heldout))
+        results[name] = score_model(scorer, name, job)
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    job = EvalJob.load(Path(argv[0]))
+    results = evaluate(job)
+    tmp = Path(job.out_path + ".tmp")
+    tmp.write_text(json.dumps(results, indent=2))
+    tmp.replace(job.out_path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

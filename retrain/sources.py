@@ -1,0 +1,34 @@
+"""Read the store into the plain rows ``retrain.dataset`` builds from."""
+
+from __future__ import annotations
+
+from sqlalchemy.orm import Session
+
+from feedback import run_store
+from retrain.dataset import SourceRow, Vote
+
+
+def load_source_rows(session: Session) -> list[SourceRow]:
+    rows = []
+    for item in run_store.corrected_and_rated(session):
+        completion, correction = item["completion"], item["correction"]
+        rows.append(
+            SourceRow(
+                completion_id=completion.id,
+                created_at=completion.created_at,
+                messages=list(completion.messages),
+                response=completion.response,
+                correction=correction.corrected_response if correction else None,
+                corrected_at=correction.created_at if correction else None,
+                votes=tuple(
+                    Vote(
+                        rating=v.rating,
+                        source=v.source,
+                        user_ref=v.user_ref,
+                        created_at=v.created_at,
+                    )
+                    for v in item["votes"]
+                ),
+            )
+        )
+    return rows

@@ -1,0 +1,264 @@
+"""Train one LoRA adapter from one dataset, with TRL, in a child process.
+
+``train_adapter`` reads top to bottom: load the base model, build the LoRA
+config, supervised fine-tuning on (conversation -> corrected answer) with the
+loss on the answer only, then optionally DPO on (corrected over original)
+pairs, then save the adapter (safetensors) and a record of the run.
+
+The cycle runs this module as ``python -m retrain.train JOB.json`` so that a
+crash or an out-of-memory kill cannot take the scheduler down with it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("retrain.train")
+
+
+@dataclass
+class TrainConfig:
+    """Hyper-parameters of one training run (saved with the adapter)."""
+
+    lora_rank: int = 8
+    lora_alpha: int = 16
+    lora_targets: str = "all-linear"
+    learning_rate: float = 1e-3
+    epochs: float = 5
+    batch_size: int = 8
+    max_length: int = 1024
+    seed: int = 1234
+    dpo: bool = False
+    dpo_beta: float = 0.1
+    correction_repeats: int = 1  # > 1 weights corrections above thumbs-up positives
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> TrainConfig:
+        return cls(
+            lora_rank=settings.lora_rank,
+            lora_alpha=settings.lora_alpha,
+            lora_targets=settings.lora_targets,
+            learning_rate=settings.learning_rate,
+            epochs=settings.epochs,
+            batch_size=settings.batch_size,
+            max_length=settings.max_example_tokens,
+            seed=settings.seed,
+            dpo=settings.train_dpo,
+            correction_repeats=max(1, round(1 / settings.positive_weight)),
+        )
+
+
+@dataclass
+class TrainJob:
+    """Everything the child process needs; travels as JSON."""
+
+    base_model: str
+    out_dir: str
+    sft: list[dict] = field(default_factory=list)  # {"prompt": [...], "completion": str, "kind"}
+    preferences: list[dict] = field(default_factory=list)  # {"prompt", "chosen", "rejected"}
+    config: TrainConfig = field(default_factory=TrainConfig)
+    run_id: str = "-"
+
+    def save(self, path: Path) -> None:
+        path.write_text(json.dumps(asdict(self)))
+
+    @classmethod
+    def load(cls, path: Path) -> TrainJob:
+        raw = json.loads(path.read_text())
+        return cls(**{**raw, "config": TrainConfig(**raw["config"])})
+
+
+def lora_config(config: TrainConfig) -> Any:
+    from peft import LoraConfig
+
+    targets = config.lora_targets
+    return LoraConfig(
+        r=config.lora_rank,
+        lora_alpha=config.lora_alpha,
+        lora_dropout=0.0,
+        target_modules=targets if targets == "all-linear" else targets.split(","),
+        task_type="CAUSAL_LM",
+    )
+
+
+def _sft_rows(job: TrainJob) -> list[dict]:
+    rows = []
+    for example in job.sft:
+        repeats = job.config.correction_repeats if example.get("kind") == "sft" else 1
+        row = {
+            "prompt": example["prompt"],
+            "completion": [{"role": "assistant", "content": example["completion"]}],
+        }
+        rows.extend([row] * repeats)
+    return rows
+
+
+def _common_args(config: TrainConfig, out_dir: Path) -> dict:
+    import torch
+
+    return {
+        "output_dir": str(out_dir / "trainer"),
+        "num_train_epochs": config.epochs,
+        "per_device_train_batch_size": config.batch_size,
+        "learning_rate": config.learning_rate,
+        "lr_scheduler_type": "linear",
+        "warmup_steps": 0,
+        "seed": config.seed,
+        "data_seed": config.seed,
+        "bf16": False,  # CPU-safe; CUDA runs in float32 too, for reproducibility
+        "fp16": False,
+        "activation_checkpointing": False,
+        "use_cpu": not torch.cuda.is_available(),
+        "logging_steps": 1,
+        "save_strategy": "no",
+        "report_to": [],
+        "dataloader_num_workers": 0,
+        "include_num_input_tokens_seen": True,
+    }
+
+
+class _LossLogger:
+    """Per-step loss in the log, with the run id (a TrainerCallback)."""
+
+    def __init__(self, run_id: str, stage: str) -> None:
+        from transformers import TrainerCallback
+
+        outer = self
+
+        class Callback(TrainerCallback):
+            def on_log(self, args, state, control, logs=None, **kwargs):  # noqa: ANN001
+                if logs and "loss" in logs:
+                    log.info(
+                        "run %s %s step %d/%d loss %.4f",
+                        outer.run_id,
+                        outer.stage,
+                        state.global_step,
+                        state.max_steps,
+                        logs["loss"],
+                    )
+
+        self.run_id, self.stage, self.callback = run_id, stage, Callback()
+
+
+def build_sft_trainer(job: TrainJob, model: Any, tokenizer: Any, out_dir: Path) -> Any:
+    """TRL's SFTTrainer on prompt/completion rows: the loss covers the answer only."""
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+
+    config = job.config
+    args = SFTConfig(**_common_args(config, out_dir), max_length=config.max_length)
+    return SFTTrainer(
+        model=model,
+        args=args,
+        train_dataset=Dataset.from_list(_sft_rows(job)),
+        processing_class=tokenizer,
+        peft_config=lora_config(config),
+        callbacks=[_LossLogger(job.run_id, "sft").callback],
+    )
+
+
+def _train_sft(job: TrainJob, model: Any, tokenizer: Any, out_dir: Path) -> tuple[Any, dict]:
+    trainer = build_sft_trainer(job, model, tokenizer, out_dir)
+    result = trainer.train()
+    return trainer.model, _stage_record(trainer, result)
+
+
+def _train_dpo(job: TrainJob, model: Any, tokenizer: Any, out_dir: Path) -> tuple[Any, dict]:
+    from datasets import Dataset
+    from trl import DPOConfig, DPOTrainer
+
+    config = job.config
+    rows = [
+        {
+            "prompt": p["prompt"],
+            "chosen": [{"role": "assistant", "content": p["chosen"]}],
+            "rejected": [{"role": "assistant", "content": p["rejected"]}],
+        }
+        for p in job.preferences
+    ]
+    args = DPOConfig(
+        **_common_args(config, out_dir), beta=config.dpo_beta, max_length=config.max_length
+    )
+    # The model already carries the SFT adapter: DPO keeps training it, with the
+    # adapter-disabled base as the reference model.
+    trainer = DPOTrainer(
+        model=model,
+        args=args,
+        train_dataset=Dataset.from_list(rows),
+        processing_class=tokenizer,
+        callbacks=[_LossLogger(job.run_id, "dpo").callback],
+    )
+    result = trainer.train()
+    return trainer.model, _stage_record(trainer, result)
+
+
+def _stage_record(trainer: Any, result: Any) -> dict:
+    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    return {
+        "steps": trainer.state.global_step,
+        "train_loss": result.training_loss,
+        "final_loss": losses[-1] if losses else math.nan,
+        "losses": losses,
+        "tokens_seen": int(trainer.state.num_input_tokens_seen or 0),
+        "runtime_s": result.metrics.get("train_runtime"),
+    }
+
+
+def train_adapter(job: TrainJob) -> dict:
+    """Train, save the adapter into ``job.out_dir/adapter``, return the run record."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, set_seed
+
+    if not job.sft:
+        raise ValueError("no supervised examples to train on")
+    started = time.monotonic()
+    set_seed(job.config.seed)
+    out_dir = Path(job.out_dir)
+    tokenizer = AutoTokenizer.from_pretrained(job.base_model)
+    model = AutoModelForCausalLM.from_pretrained(job.base_model, dtype=torch.float32)
+    model, sft = _train_sft(job, model, tokenizer, out_dir)
+    record = {"sft": sft}
+    if job.config.dpo and job.preferences:
+        model, record["dpo"] = _train_dpo(job, model, tokenizer, out_dir)
+    adapter_dir = out_dir / "adapter"
+    model.save_pretrained(adapter_dir)
+    record.update(
+        config=asdict(job.config),
+        base_model=job.base_model,
+        examples={"sft": len(job.sft), "preferences": len(job.preferences)},
+        tokens_seen=sum(
+            stage["tokens_seen"]
+            for stage in record.values()
+            if isinstance(stage, dict) and "tokens_seen" in stage
+        ),
+        duration_s=round(time.monotonic() - started, 2),
+        device="cuda" if torch.cuda.is_available() else "cpu",
+        adapter_dir=str(adapter_dir),
+    )
+    (out_dir / "train_result.json").write_text(json.dumps(record, indent=2))
+    return record
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    job = TrainJob.load(Path(argv[0]))
+    record = train_adapter(job)
+    log.info(
+        "run %s trained in %.1f s, final loss %.4f",
+        job.run_id,
+        record["duration_s"],
+        record["sft"]["final_loss"],
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

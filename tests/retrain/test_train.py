@@ -1,0 +1,111 @@
+"""Trainer mechanics on the tiny random model: the loss is logged each step, it
+goes down, every LoRA parameter changes, and the adapter saves as safetensors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from retrain.train import TrainConfig, TrainJob, build_sft_trainer, train_adapter
+
+pytestmark = pytest.mark.filterwarnings(
+    # transformers 5 renamed gradient checkpointing; PEFT still asks the old name.
+    "ignore:`is_gradient_checkpointing` is deprecated:FutureWarning"
+)
+
+QUESTIONS = [
+    "I am still waiting on my card?",
+    "What can I do if my card still hasn't arrived after 2 weeks?",
+    "How do I locate my card?",
+    "Is there a way to know when my card will arrive?",
+    "Can I track my card while it is in the process of delivery?",
+    "My card has not arrived yet.",
+    "When will my new card come?",
+    "How long does a card take to arrive?",
+]
+ANSWER = '{"intent": "card_arrival", "team": "cards"}'
+
+
+def make_job(tiny_model, tmp_path, **config) -> TrainJob:
+    rows = [
+        {"prompt": [{"role": "user", "content": q}], "completion": ANSWER, "kind": "sft"}
+        for q in QUESTIONS
+    ]
+    defaults = {"epochs": 3, "batch_size": 4, "learning_rate": 5e-3, "seed": 7}
+    return TrainJob(
+        base_model=tiny_model,
+        out_dir=str(tmp_path),
+        sft=rows,
+        config=TrainConfig(**{**defaults, **config}),
+        run_id="test",
+    )
+
+
+def test_every_lora_parameter_changes_and_loss_falls(tiny_model, tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    job = make_job(tiny_model, tmp_path)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model)
+    trainer = build_sft_trainer(job, model, tokenizer, tmp_path)
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
+    assert before and all("lora_" in n for n in before)
+    trainer.train()
+    after = dict(trainer.model.named_parameters())
+    unchanged = [n for n, p in before.items() if torch.equal(p, after[n].detach())]
+    assert unchanged == []
+    losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
+    assert len(losses) == trainer.state.global_step and losses[-1] < losses[0]
+
+
+def test_train_adapter_saves_safetensors_and_a_record(tiny_model, tmp_path, caplog):
+    caplog.set_level("INFO", logger="retrain.train")
+    record = train_adapter(make_job(tiny_model, tmp_path, epochs=1))
+    adapter = tmp_path / "adapter"
+    assert (adapter / "adapter_model.safetensors").is_file()
+    assert not list(adapter.glob("*.bin"))
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    assert config["r"] == 8 and config["base_model_name_or_path"] == tiny_model
+    saved = json.loads((tmp_path / "train_result.json").read_text())
+    assert saved["sft"]["steps"] == 2 and saved["tokens_seen"] > 0
+    assert saved["config"]["learning_rate"] == 5e-3 and saved["duration_s"] > 0
+    assert record["sft"]["losses"] == saved["sft"]["losses"]
+    assert "run test sft step 2/2 loss" in caplog.text
+
+
+def test_same_seed_same_adapter(tiny_model, tmp_path):
+    from safetensors.torch import load_file
+
+    first = train_adapter(make_job(tiny_model, tmp_path / "a", epochs=1))
+    second = train_adapter(make_job(tiny_model, tmp_path / "b", epochs=1))
+    assert first["sft"]["losses"] == second["sft"]["losses"]
+    a = load_file(tmp_path / "a" / "adapter" / "adapter_model.safetensors")
+    b = load_file(tmp_path / "b" / "adapter" / "adapter_model.safetensors")
+    assert all(torch.allclose(a[k], b[k]) for k in a)
+
+
+def test_dpo_stage_trains_on_preference_pairs(tiny_model, tmp_path):
+    job = make_job(tiny_model, tmp_path, epochs=1, dpo=True)
+    job.preferences = [
+        {"prompt": r["prompt"], "chosen": ANSWER, "rejected": "I don't know."} for r in job.sft
+    ]
+    record = train_adapter(job)
+    assert record["dpo"]["steps"] == 2 and record["dpo"]["losses"]
+
+
+def test_training_runs_as_a_child_process(tiny_model, tmp_path):
+    job = make_job(tiny_model, tmp_path, epochs=1)
+    job.save(tmp_path / "job.json")
+    done = subprocess.run(
+        [sys.executable, "-m", "retrain.train", str(tmp_path / "job.json")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "run test sft step 1/2 loss" in done.stderr
+    assert (tmp_path / "adapter" / "adapter_model.safetensors").is_file()
