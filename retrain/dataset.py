@@ -1,0 +1,532 @@
+"""Turn logged completions and their feedback into training examples (pure).
+
+:func:`build_dataset` takes plain rows (:class:`SourceRow`, read from the store
+by :mod:`retrain.sources`) and returns a :class:`Dataset`: examples plus a
+manifest for lineage. No database, no torch; :func:`write_snapshot` writes one
+to a folder as JSONL in the OpenAI chat format.
+
+What becomes an example, and why:
+
+* ``sft``: the conversation and the agent's or admin's correction. Only
+  corrections teach the model; thumbs never make a correction-weight target,
+  so a public widget cannot teach it.
+* ``preference``: the correction preferred over the answer served, when they
+  differ (for DPO).
+* ``positive``: only with ``include_positives``, an answer with a thumbs up and
+  no thumbs down, at ``positive_weight``; each user (all anonymous votes
+  count as one user) contributes at most ``max_thumbs_per_user`` of them.
+
+In order: personal data is scrubbed from prompts, answers and corrections
+(:mod:`retrain.pii`) before anything is compared or hashed; exact and near
+duplicate prompts are collapsed, the latest correction winning; over-long
+examples lose their oldest turns or are dropped; thumbs are capped; then each
+duplicate group goes to ``train`` or ``heldout`` by a salted hash of its oldest
+prompt, so a group never straddles the split, and a group holding a completion
+held out before stays held out.
+
+Near duplicates share their system messages, and the Jaccard similarity of the
+character 4-grams of their normalised last user turns, and of the rest of the
+conversations, reaches ``near_duplicate_threshold``. A row joins the oldest
+group it is near; candidates come from an exact prefix-filter index, so 10k
+rows need about a hundred thousand comparisons, not fifty million.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import re
+import tempfile
+import unicodedata
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from feedback.exceptions import InvalidInputError, TunebackError
+from retrain.pii import KINDS as PII_KINDS
+from retrain.pii import add_counts, scrub, scrub_messages
+
+EXAMPLE_KINDS = ("sft", "preference", "positive")
+SPLITS = ("train", "heldout")
+FORMAT = "tuneback-dataset/1"
+MANIFEST = "manifest.json"
+MESSAGE_OVERHEAD = 4  # tokens a chat template spends on a message's role and markers
+SHINGLE = 4
+_PUNCTUATION = re.compile(r"[^\w\s]|_")
+COUNTS = (
+    "rows_in sft preference positive train heldout duplicates_dropped truncated "
+    "dropped_too_long thumbs_capped"
+).split()
+
+
+class SnapshotDirError(TunebackError, ValueError):
+    """The snapshot folder holds files that a dataset snapshot did not write."""
+
+    code, status = "snapshot_dir_not_ours", 409
+
+
+@dataclass(frozen=True)
+class Vote:
+    rating: str  # "up" | "down"
+    source: str  # "widget" | "agent" | "admin": the role of the key that cast it
+    user_ref: str | None
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class SourceRow:
+    """One logged completion and what happened to it."""
+
+    completion_id: str
+    created_at: datetime
+    messages: list[dict]  # the conversation that led to the answer
+    response: str  # the answer that was served
+    correction: str | None  # the active agent or admin correction, if any
+    corrected_at: datetime | None
+    votes: tuple[Vote, ...] = ()
+
+
+def estimate_tokens(text: str) -> int:
+    """A rough token count: one per word or per four characters, whichever is more."""
+    return max(len(text.split()), -(-len(text) // 4))
+
+
+@dataclass(frozen=True)
+class DatasetConfig:
+    """How a dataset is built; recorded in its manifest (less ``count_tokens``)."""
+
+    heldout_fraction: float = 0.2
+    include_positives: bool = False
+    positive_weight: float = 0.5
+    max_thumbs_per_user: int = 20
+    max_example_tokens: int = 1024
+    near_duplicate_threshold: float = 0.85
+    seed: int = 1234  # salt of the split hash
+    count_tokens: Callable[[str], int] | None = field(default=None, compare=False)
+
+    def __post_init__(self) -> None:
+        checks = {
+            "heldout_fraction must be in [0, 1)": 0 <= self.heldout_fraction < 1,
+            "positive_weight must be in (0, 1]": 0 < self.positive_weight <= 1,
+            "max_thumbs_per_user must be >= 0": self.max_thumbs_per_user >= 0,
+            "max_example_tokens must be >= 1": self.max_example_tokens >= 1,
+            "near_duplicate_threshold must be in (0, 1]": 0 < self.near_duplicate_threshold <= 1,
+        }
+        for message, ok in checks.items():
+            if not ok:
+                raise InvalidInputError(message)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = {name: getattr(self, name) for name in self.__dataclass_fields__}
+        data["count_tokens"] = "estimate" if self.count_tokens is None else "custom"
+        return data
+
+    def tokens(self, text: str) -> int:
+        return (self.count_tokens or estimate_tokens)(text)
+
+
+@dataclass(frozen=True)
+class Example:
+    """One training or evaluation example. ``rejected`` only for preferences."""
+
+    id: str
+    completion_id: str
+    kind: str  # sft | preference | positive
+    prompt: list[dict[str, str]]
+    completion: str
+    rejected: str | None
+    weight: float
+    split: str  # train | heldout
+
+
+@dataclass
+class Dataset:
+    examples: list[Example]
+    manifest: dict[str, Any]
+
+    def train(self, *kinds: str) -> list[Example]:
+        """Training examples of the given kinds (all kinds when none is given)."""
+        return self._select("train", kinds)
+
+    def heldout(self, *kinds: str) -> list[Example]:
+        """Held-out examples of the given kinds (all kinds when none is given)."""
+        return self._select("heldout", kinds)
+
+    def _select(self, split: str, kinds: tuple[str, ...]) -> list[Example]:
+        if unknown := set(kinds) - set(EXAMPLE_KINDS):
+            raise InvalidInputError(f"unknown example kinds {sorted(unknown)}")
+        return [e for e in self.examples if e.split == split and (not kinds or e.kind in kinds)]
+
+
+@dataclass
+class _Row:
+    """A usable source row after scrubbing, with what dedup needs."""
+
+    source: SourceRow
+    prompt: list[dict[str, str]]
+    response: str
+    correction: str | None
+    upvoters: frozenset[str | None]
+    key: str  # hash of the normalised conversation
+    system: str  # hash of the normalised system messages
+    last: frozenset[str]  # shingles of the last user turn
+    context: frozenset[str]  # shingles of the other turns
+
+
+def build_dataset(
+    rows: Iterable[SourceRow],
+    config: DatasetConfig,
+    *,
+    previously_heldout: set[str] | frozenset[str] = frozenset(),
+) -> Dataset:
+    """Build examples and their manifest from source rows; the same rows in any
+    order give the same dataset.
+
+    ``previously_heldout`` holds the completion ids that earlier datasets held
+    out: their groups stay held out, so evaluation never scores an example
+    the model was trained on. PII counts cover the rows that could yield an
+    example (the others are never read).
+    """
+    counts: dict[str, Any] = dict.fromkeys(COUNTS, 0)
+    pii = dict.fromkeys(PII_KINDS, 0)
+    usable, rows_by_id = [], {}
+    for row in _validated(rows):
+        counts["rows_in"] += 1
+        if prepared := _prepare(row, config, pii):
+            usable.append(prepared)
+            rows_by_id[row.completion_id] = prepared
+    groups = _group(sorted(usable, key=_age), config.near_duplicate_threshold)
+    drafts = []
+    for group in groups:
+        counts["duplicates_dropped"] += len(group) - 1
+        drafts += _fit(_drafts(_winner(group), config), config, counts)
+    drafts = _cap_thumbs(drafts, rows_by_id, config, counts)
+    examples = _split(drafts, groups, config, set(previously_heldout))
+    for example in examples:
+        counts[example.kind] += 1
+        counts[example.split] += 1
+    counts["pii"] = pii
+    manifest = {
+        "format": FORMAT,
+        "content_hash": _hash([asdict(e) for e in examples]),
+        "counts": counts,
+        "config": config.to_dict(),
+        "example_ids": {split: [e.id for e in examples if e.split == split] for split in SPLITS},
+    }
+    return Dataset(examples, manifest)
+
+
+def _validated(rows: Iterable[SourceRow]) -> Iterable[SourceRow]:
+    """Refuse rows that would make a wrong dataset rather than a smaller one."""
+    seen: set[str] = set()
+    for row in rows:
+        if not isinstance(row, SourceRow):
+            raise InvalidInputError(f"expected a SourceRow, got {type(row).__name__}")
+        where = f"completion {row.completion_id}"
+        if row.completion_id in seen:
+            raise InvalidInputError(f"{where} appears twice")
+        if not isinstance(row.messages, list) or not row.messages:
+            raise InvalidInputError(f"{where} has no messages")
+        if not all(isinstance(m, dict) and isinstance(m.get("role"), str) for m in row.messages):
+            raise InvalidInputError(f"{where} has a message without a role")
+        if any(vote.rating not in ("up", "down") for vote in row.votes):
+            raise InvalidInputError(f"{where} has a rating other than up or down")
+        seen.add(row.completion_id)
+        yield row
+
+
+def _prepare(row: SourceRow, config: DatasetConfig, pii: dict[str, int]) -> _Row | None:
+    """Scrub a row that can yield an example; None for one that cannot."""
+    correction = row.correction if row.correction and row.correction.strip() else None
+    ratings = {vote.rating for vote in row.votes}
+    upvoters = frozenset(v.user_ref for v in row.votes if v.rating == "up")
+    positive = config.include_positives and ratings == {"up"}
+    if correction is None and not positive:
+        return None
+    messages, found = scrub_messages({"role": m["role"], "content": _text(m)} for m in row.messages)
+    add_counts(pii, found)
+    response, correction = (
+        _scrub(t, pii) if t is not None else None for t in (row.response, correction)
+    )
+    last = _last_user(messages)
+    norm = [(m["role"], _normalise(m["content"])) for m in messages]
+    system = [text for role, text in norm if role == "system"]
+    others = [
+        f"{role}: {text}" for i, (role, text) in enumerate(norm) if role != "system" and i != last
+    ]
+    return _Row(
+        source=row,
+        prompt=messages,
+        response=response,
+        correction=correction,
+        upvoters=upvoters,
+        key=_hash(norm),
+        system=_hash(system),
+        last=_shingles(norm[last][1]),
+        context=_shingles(" | ".join(others)),
+    )
+
+
+def _last_user(messages: list[dict]) -> int:
+    """Index of the last user turn (of the last message if there is none)."""
+    return max(
+        (i for i, m in enumerate(messages) if m["role"] == "user"), default=len(messages) - 1
+    )
+
+
+def _text(message: dict) -> str:
+    content = message.get("content")
+    if isinstance(content, list):  # OpenAI content parts: keep the text ones
+        return "\n".join(p["text"] for p in content if isinstance(p, dict) and "text" in p)
+    return content if isinstance(content, str) else ""
+
+
+def _scrub(text: str, pii: dict[str, int]) -> str:
+    result = scrub(text)
+    add_counts(pii, result.counts)
+    return result.text
+
+
+def _normalise(text: str) -> str:
+    """Case, punctuation and spacing removed: what makes two prompts the same."""
+    text = unicodedata.normalize("NFKC", text).casefold()
+    return " ".join(_PUNCTUATION.sub(" ", text).split())
+
+
+def _shingles(text: str) -> frozenset[str]:
+    padded = f" {text} "
+    return frozenset(padded[i : i + SHINGLE] for i in range(max(1, len(padded) - SHINGLE + 1)))
+
+
+def _hash(value: Any) -> str:
+    data = json.dumps(value, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(data.encode()).hexdigest()
+
+
+def _age(row: _Row) -> tuple[datetime, str]:
+    return _aware(row.source.created_at), row.source.completion_id
+
+
+def _aware(moment: datetime) -> datetime:
+    """Naive datetimes (SQLite returns them) are UTC."""
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def _group(rows: list[_Row], threshold: float) -> list[list[_Row]]:
+    """Exact, then near-duplicate groups, each led by its oldest row (listed first).
+
+    A row joins the oldest leader it is a near duplicate of, else leads a new
+    group. Candidate leaders share a token of the prefix filter: with tokens
+    ordered rarest first, two sets with Jaccard >= t share one of their first
+    ``|x| - ceil(t |x|) + 1`` tokens, so no pair above the threshold is missed.
+    """
+    exact: dict[str, list[_Row]] = {}
+    for row in rows:
+        exact.setdefault(row.key, []).append(row)
+    frequency = Counter(token for members in exact.values() for token in members[0].last)
+    index: dict[tuple[str, str], list[int]] = defaultdict(list)
+    groups: list[list[_Row]] = []
+    for members in exact.values():
+        row = members[0]
+        tokens = sorted(row.last, key=lambda t: (frequency[t], t))
+        prefix = tokens[: len(tokens) - math.ceil(threshold * len(tokens) - 1e-9) + 1]
+        candidates = sorted({g for t in prefix for g in index[(row.system, t)]})
+        leader = next((g for g in candidates if _near(groups[g][0], row, threshold)), None)
+        if leader is not None:
+            groups[leader] += members
+            continue
+        for token in prefix:
+            index[(row.system, token)].append(len(groups))
+        groups.append(list(members))
+    return groups
+
+
+def _near(a: _Row, b: _Row, threshold: float) -> bool:
+    small, large = len(a.last), len(b.last)
+    if small > large:
+        small, large = large, small
+    if small < threshold * large:  # too different in size to reach the threshold
+        return False
+    return _jaccard(a.last, b.last) >= threshold and _jaccard(a.context, b.context) >= threshold
+
+
+def _jaccard(a: frozenset[str], b: frozenset[str]) -> float:
+    if not a and not b:
+        return 1.0
+    common = len(a & b)
+    return common / (len(a) + len(b) - common)
+
+
+def _winner(group: list[_Row]) -> _Row:
+    """The row whose correction is latest; without corrections, the latest row."""
+    corrected = [r for r in group if r.correction is not None]
+    if corrected:
+        return max(
+            corrected, key=lambda r: (_aware(r.source.corrected_at or r.source.created_at), _age(r))
+        )
+    return max(group, key=_age)
+
+
+def _drafts(row: _Row, config: DatasetConfig) -> list[Example]:
+    """The examples a group's winning row yields, all in ``train`` until split."""
+    cid = row.source.completion_id
+
+    def example(kind: str, completion: str, rejected: str | None = None, weight=1.0) -> Example:
+        example_id = hashlib.sha256(f"{cid}:{kind}".encode()).hexdigest()[:32]
+        return Example(example_id, cid, kind, row.prompt, completion, rejected, weight, "train")
+
+    if row.correction is None:
+        return [example("positive", row.response, weight=config.positive_weight)]
+    drafts = [example("sft", row.correction)]
+    if row.correction.strip() != row.response.strip():
+        drafts.append(example("preference", row.correction, row.response))
+    return drafts
+
+
+def _fit(drafts: list[Example], config: DatasetConfig, counts: dict[str, Any]) -> list[Example]:
+    """Drop the oldest turns of over-long examples, keeping system messages and
+    the last user turn; drop examples that still do not fit."""
+    kept = []
+    for draft in drafts:
+        answers = [draft.completion] + ([draft.rejected] if draft.rejected is not None else [])
+        budget = config.max_example_tokens - max(map(config.tokens, answers)) - MESSAGE_OVERHEAD
+        costs = [config.tokens(m["content"]) + MESSAGE_OVERHEAD for m in draft.prompt]
+        if sum(costs) <= budget:
+            kept.append(draft)
+        elif prompt := _truncate(draft.prompt, costs, budget):
+            counts["truncated"] += 1
+            kept.append(replace(draft, prompt=prompt))
+        else:
+            counts["dropped_too_long"] += 1
+    return kept
+
+
+def _truncate(prompt: list[dict], costs: list[int], budget: int) -> list[dict] | None:
+    last = _last_user(prompt)
+    system = [i for i in range(last) if prompt[i]["role"] == "system"]
+    history = [i for i in range(last) if prompt[i]["role"] != "system"]
+    total, start = sum(costs), 0
+    while start < len(history) and total > budget:
+        total -= costs[history[start]]
+        start += 1
+        while start < len(history) and prompt[history[start]]["role"] != "user":
+            total -= costs[history[start]]  # the kept history starts with a user turn
+            start += 1
+    if total > budget:
+        return None
+    return [prompt[i] for i in system + history[start:] + list(range(last, len(prompt)))]
+
+
+def _cap_thumbs(
+    drafts: list[Example], rows: dict[str, _Row], config: DatasetConfig, counts: dict[str, Any]
+) -> list[Example]:
+    """Keep each user's newest ``max_thumbs_per_user`` positives.
+
+    A positive stays while one of its up-voters has room, and then counts
+    against every up-voter who had room. Anonymous votes share one allowance.
+    """
+    used: Counter[str | None] = Counter()
+    dropped = set()
+    positives = [d for d in drafts if d.kind == "positive"]
+    for draft in sorted(positives, key=lambda d: _age(rows[d.completion_id]), reverse=True):
+        upvoters = rows[draft.completion_id].upvoters
+        room = [u for u in upvoters if used[u] < config.max_thumbs_per_user]
+        if not room:
+            dropped.add(draft.id)
+        used.update(room)
+    counts["thumbs_capped"] += len(dropped)
+    return [d for d in drafts if d.id not in dropped]
+
+
+def _split(
+    drafts: list[Example], groups: list[list[_Row]], config: DatasetConfig, held: set[str]
+) -> list[Example]:
+    """Each group's split by a salted hash of its oldest prompt; held out before
+    means held out now. Returns the examples sorted by id."""
+    heldout = set()
+    for group in groups:
+        digest = hashlib.sha256(f"{config.seed}:{group[0].key}".encode()).digest()
+        draw = int.from_bytes(digest[:8]) / 2**64
+        if draw < config.heldout_fraction or any(r.source.completion_id in held for r in group):
+            heldout.update(r.source.completion_id for r in group)
+    examples = [replace(d, split="heldout") if d.completion_id in heldout else d for d in drafts]
+    return sorted(examples, key=lambda e: e.id)
+
+
+def write_snapshot(dataset: Dataset, out_dir: Path) -> Path:
+    """Write ``train.jsonl``, ``heldout.jsonl``, ``preferences.jsonl`` and the manifest.
+
+    The chat files hold SFT and positive examples in the OpenAI fine-tuning
+    format; ``weight`` appears only where it is not 1. Each file is written to
+    a temporary file, fsynced and renamed into place, the manifest (with each
+    file's sha256) last. Refuses a non-empty folder that holds no manifest of
+    ours, so a wrong ``--out`` cannot clobber anything. Returns the folder.
+    """
+    out_dir = Path(out_dir)
+    _check_out_dir(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    lines = {
+        "train.jsonl": [_chat_line(e) for e in dataset.train("sft", "positive")],
+        "heldout.jsonl": [_chat_line(e) for e in dataset.heldout("sft", "positive")],
+        "preferences.jsonl": [
+            {"prompt": e.prompt, "chosen": e.completion, "rejected": e.rejected, "split": e.split}
+            for e in dataset.examples
+            if e.kind == "preference"
+        ],
+    }
+    files = {}
+    for name, records in lines.items():
+        data = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records).encode()
+        _write_atomic(out_dir / name, data)
+        files[name] = {"lines": len(records), "sha256": hashlib.sha256(data).hexdigest()}
+    manifest = {**dataset.manifest, "files": files}
+    _write_atomic(
+        out_dir / MANIFEST, (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode()
+    )
+    _fsync_dir(out_dir)
+    return out_dir
+
+
+def _check_out_dir(out_dir: Path) -> None:
+    if out_dir.exists() and not out_dir.is_dir():
+        raise SnapshotDirError(f"{out_dir} exists and is not a folder")
+    if not out_dir.exists() or not any(out_dir.iterdir()):
+        return
+    try:
+        ours = json.loads((out_dir / MANIFEST).read_text()).get("format") == FORMAT
+    except (OSError, ValueError, AttributeError):
+        ours = False
+    if not ours:
+        raise SnapshotDirError(f"{out_dir} is not empty and holds no dataset snapshot")
+
+
+def _chat_line(example: Example) -> dict[str, Any]:
+    messages = [*example.prompt, {"role": "assistant", "content": example.completion}]
+    return {"messages": messages} | ({"weight": example.weight} if example.weight != 1 else {})
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=path.name)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _fsync_dir(path: Path) -> None:
+    """Make the renames themselves durable (POSIX)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
