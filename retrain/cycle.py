@@ -335,7 +335,10 @@ def _read_golden(path: Path | None) -> list[dict]:
 
 
 def _child(module: str, job_file: Path, what: str) -> None:
-    """Run ``python -m module job_file``; its output goes to ours (progress bars)."""
-    done = subprocess.run([sys.executable, "-m", module, str(job_file)], check=False)
+    """Run ``python -m module job_file``. All its output (progress bars, losses)
+    goes to our stderr, so that stdout stays clean for ``--json``."""
+    done = subprocess.run(
+        [sys.executable, "-m", module, str(job_file)], stdout=sys.stderr, check=False
+    )
     if done.returncode != 0:
         raise TunebackError(f"{what} crashed (exit code {done.returncode}); see the log above")

@@ -138,6 +138,14 @@ class Scorer:
         with self.torch.no_grad():
             return float(self.model(input_ids=ids, labels=labels).loss)
 
+    def budget(self, cases: list[dict], ceiling: int) -> int:
+        """New tokens to generate: enough for the longest reference, and no more."""
+        refs = [c["completion"] for c in cases if "completion" in c]
+        if len(refs) < len(cases):
+            return ceiling
+        longest = max(len(self.tokenizer(r, add_special_tokens=False)["input_ids"]) for r in refs)
+        return min(ceiling, longest + 8)
+
     def generate(self, prompts: list[list[dict]], max_new_tokens: int, batch: int) -> list[str]:
         """Greedy answers, batched with left padding."""
         answers = []
@@ -167,7 +175,7 @@ def score_model(scorer: Scorer, name: str, job: EvalJob) -> dict[str, float]:
 
     def answers(cases: list[dict]) -> list[str]:
         prompts = [_messages(case["prompt"]) for case in cases]
-        return scorer.generate(prompts, job.max_new_tokens, job.batch_size)
+        return scorer.generate(prompts, scorer.budget(cases, job.max_new_tokens), job.batch_size)
 
     with scorer.use(name):
         if job.heldout:

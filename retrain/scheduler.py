@@ -9,7 +9,7 @@ than the grace window.
 from __future__ import annotations
 
 import logging
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from apscheduler.schedulers.blocking import BlockingScheduler
 from apscheduler.triggers.cron import CronTrigger
@@ -39,6 +39,7 @@ def previous_tick(trigger: CronTrigger, now: datetime) -> datetime | None:
 
 
 def run_tick(settings: Settings, engine: Engine, tick: datetime) -> None:
+    tick = tick.astimezone(UTC)  # stored in UTC: the same tick compares equal everywhere
     log.info("scheduled cycle for %s", tick.isoformat())
     try:
         result = run_cycle(settings, engine, trigger="schedule", scheduled_for=tick)

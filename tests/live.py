@@ -28,9 +28,9 @@ def tuneback_env(data_dir: Path, database_url: str, **settings: str) -> dict[str
     return env
 
 
-def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
+def cli(env: dict[str, str], *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [str(BIN), *args], env=env, capture_output=True, text=True, timeout=60, check=False
+        [str(BIN), *args], env=env, capture_output=True, text=True, timeout=timeout, check=False
     )
 
 

@@ -1,0 +1,217 @@
+"""Whole retrain cycles on the tiny model, on SQLite and PostgreSQL: promoted,
+rejected by the gate, skipped for lack of data or because another cycle holds
+the lease, failed (recorded, re-raised); and the CLI's JSON."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from feedback import adapter_store, run_store, store
+from feedback.db import write_session
+from feedback.models import DatasetExample, RetrainRun
+from retrain.cycle import LEASE, CycleFailedError, run_cycle
+from tests.live import cli, tuneback_env
+
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:`is_gradient_checkpointing` is deprecated:FutureWarning"
+)
+
+# Real customer messages (banking77); the agents teach one JSON routing answer.
+QUESTIONS = [
+    "I am still waiting on my card?",
+    "What can I do if my card still hasn't arrived after 2 weeks?",
+    "How do I locate my card?",
+    "Is there a way to know when my card will arrive?",
+    "Can I track my card while it is in the process of delivery?",
+    "My card has not arrived yet, what should I do?",
+    "When will my new card come in the mail?",
+    "How long does a card usually take to arrive?",
+    "I ordered a card but it has not arrived. Help please!",
+    "Why hasn't my card been delivered yet?",
+    "Where is the card I ordered last week?",
+    "My new card is taking too long to arrive.",
+]
+ANSWER = '{"intent": "card_arrival", "team": "cards"}'
+# Cycles that train run on SQLite only, to keep the fast tier fast; the
+# database work they share with the others (runs, lease, lineage, registry)
+# is exercised on both databases by the remaining tests.
+SQLITE_ONLY = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+
+
+def seed_corrections(engine, questions=QUESTIONS, answer=ANSWER) -> list[str]:
+    ids = []
+    with Session(engine) as session:
+        for question in questions:
+            completion = store.create_completion(
+                session,
+                messages=[{"role": "user", "content": question}],
+                response="I am not sure.",
+                model="tiny",
+            )
+            store.add_correction(
+                session, completion_id=completion.id, corrected_response=answer, author="agent-1"
+            )
+            ids.append(completion.id)
+        session.commit()
+    return ids
+
+
+@pytest.fixture
+def cycle_settings(settings, tiny_model):
+    return settings.model_copy(
+        update={
+            "base_model": tiny_model,
+            "min_new_examples": 5,
+            "epochs": 6,
+            "batch_size": 4,
+            "learning_rate": 1e-2,
+            "heldout_fraction": 0.25,
+            "seed": 3,
+        }
+    )
+
+
+def runs(engine) -> list[RetrainRun]:
+    with Session(engine) as session:
+        return list(session.execute(select(RetrainRun)).scalars())
+
+
+def test_not_enough_data_is_skipped_cleanly(cycle_settings, engine):
+    seed_corrections(engine, QUESTIONS[:3])
+    result = run_cycle(cycle_settings, engine)
+    assert result.status == "skipped" and "not enough data" in result.reason
+    [run] = runs(engine)
+    assert run.status == "skipped" and run.finished_at is not None
+
+
+@SQLITE_ONLY
+def test_a_cycle_that_learns_is_promoted_with_lineage(cycle_settings, engine):
+    completion_ids = seed_corrections(engine)
+    result = run_cycle(cycle_settings, engine)
+    assert result.status == "promoted", result.gate
+    assert result.dataset["train"] + result.dataset["heldout"] == len(QUESTIONS)
+    assert result.dataset["heldout"] >= 1
+    candidate, base = result.metrics["candidate"], result.metrics["base"]
+    assert candidate["heldout_overlap"] > base["heldout_overlap"]
+    with Session(engine) as session:
+        promoted = adapter_store.promoted_adapter(session)
+        assert promoted.version == result.adapter and promoted.gate["passed"] is True
+        trained_on = adapter_store.adapters_trained_on(session, completion_ids=completion_ids)
+        assert [a.version for a in trained_on] == [result.adapter]
+        lineage = session.execute(select(DatasetExample)).scalars().all()
+        assert {row.completion_id for row in lineage} == set(completion_ids)
+    # Nothing new since: the next cycle has nothing to learn from.
+    again = run_cycle(cycle_settings, engine)
+    assert again.status == "skipped"
+
+
+@SQLITE_ONLY
+def test_a_candidate_that_misses_the_margin_is_rejected(cycle_settings, engine):
+    seed_corrections(engine)
+    # Overlap is at most 1, so no candidate can clear this margin; one epoch will do.
+    strict = cycle_settings.model_copy(update={"gate_margin": 2.0, "epochs": 1})
+    result = run_cycle(strict, engine)
+    assert result.status == "rejected" and result.gate["passed"] is False
+    assert any("margin" in reason for reason in result.gate["reasons"])
+    with Session(engine) as session:
+        assert adapter_store.promoted_adapter(session) is None
+        assert adapter_store.get_adapter_version(session, result.adapter).status == "rejected"
+
+
+def test_a_held_lease_makes_the_cycle_skip(cycle_settings, engine):
+    seed_corrections(engine)
+    with write_session(engine) as session:
+        assert run_store.acquire_lease(
+            session, name=LEASE, holder="elsewhere", ttl=timedelta(minutes=5)
+        )
+        session.commit()
+    result = run_cycle(cycle_settings, engine)
+    assert result.status == "skipped" and result.reason == "another cycle is running"
+
+
+def test_a_failing_cycle_is_recorded_and_raised(cycle_settings, engine, tmp_path):
+    seed_corrections(engine)
+    broken = cycle_settings.model_copy(update={"base_model": str(tmp_path / "no-such-model")})
+    with pytest.raises(CycleFailedError, match="no-such-model"):
+        run_cycle(broken, engine)
+    [run] = runs(engine)
+    assert run.status == "failed" and "no-such-model" in run.error
+    with write_session(engine) as session:  # the failed cycle released its lease
+        assert run_store.acquire_lease(session, name=LEASE, holder="next", ttl=timedelta(minutes=1))
+
+
+def test_one_run_per_scheduled_tick(cycle_settings, engine):
+    seed_corrections(engine, QUESTIONS[:2])
+    tick = datetime(2026, 11, 27, 3, 0, tzinfo=UTC)
+    first = run_cycle(cycle_settings, engine, trigger="schedule", scheduled_for=tick)
+    second = run_cycle(cycle_settings, engine, trigger="schedule", scheduled_for=tick)
+    assert first.run_id is not None and second.run_id is None
+    assert len(runs(engine)) == 1
+
+
+def test_cli_retrain_json(tmp_path, database_url, engine):
+    seed_corrections(engine, QUESTIONS[:2])
+    env = tuneback_env(tmp_path / "data", database_url, min_new_examples=5)
+    done = cli(env, "retrain", "--json", timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout)  # stdout is exactly one JSON object
+    assert set(result) >= {"run_id", "status", "dataset", "adapter", "metrics", "gate"}
+    assert result["status"] == "skipped" and "not enough data" in result["reason"]
+    assert result["dataset"]["train"] + result["dataset"]["heldout"] == 2
+    assert "run " + result["run_id"] in done.stderr  # the log carries the run id
+
+
+def test_cli_failure_exits_nonzero_with_json(tmp_path, database_url, engine):
+    seed_corrections(engine)
+    env = tuneback_env(
+        tmp_path / "data", database_url, base_model=str(tmp_path / "nope"), min_new_examples=5
+    )
+    done = cli(env, "retrain", "--json", timeout=300)
+    assert done.returncode == 1
+    assert json.loads(done.stdout)["status"] == "failed"
+
+
+@SQLITE_ONLY
+def test_two_processes_run_one_cycle_at_a_time(tmp_path, database_url, tiny_model, engine):
+    seed_corrections(engine)
+    env = tuneback_env(
+        tmp_path / "data",
+        database_url,
+        base_model=tiny_model,
+        min_new_examples=5,
+        epochs=1,
+        batch_size=4,
+        learning_rate=0.01,
+        heldout_fraction=0.25,
+        seed=3,
+    )
+    from tests.live import BIN
+
+    procs = [
+        subprocess.Popen(
+            [str(BIN), "retrain", "--json"],
+            env=env,
+            text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+        )
+        for _ in range(2)
+    ]
+    # stdout must hold only the JSON, even though training children print a lot.
+    results = [json.loads(p.communicate(timeout=600)[0]) for p in procs]
+    # Both started together: one trained (one epoch: the gate may or may not pass
+    # it), the other found the lease taken (or, had it started after the first
+    # finished, nothing new to learn from).
+    trained = [r for r in results if r["status"] in ("promoted", "rejected")]
+    skipped = [r for r in results if r["status"] == "skipped"]
+    assert len(trained) == 1 and len(skipped) == 1, results
+    with Session(engine) as session:
+        assert len(adapter_store.list_adapter_versions(session)) == 1
+    listed = cli(env, "adapters", "list")
+    assert trained[0]["adapter"] in listed.stdout and trained[0]["status"] in listed.stdout
