@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-BANKING77 = Path("/work/shared/data/banking77/train.csv")
+# shared/ lies beside the repository (as in CI's clean clone).
+BANKING77 = Path(__file__).resolve().parents[3] / "shared" / "data" / "banking77" / "train.csv"
 
 
 @pytest.fixture(scope="session")
