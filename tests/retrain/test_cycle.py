@@ -17,27 +17,10 @@ from feedback.db import write_session
 from feedback.models import DatasetExample, RetrainRun
 from retrain.cycle import LEASE, CycleFailedError, run_cycle
 from tests.live import cli, tuneback_env
+from tests.retrain.examples import ROUTING_ANSWER, card_questions
 
-pytestmark = pytest.mark.filterwarnings(
-    "ignore:`is_gradient_checkpointing` is deprecated:FutureWarning"
-)
-
-# Real customer messages (banking77); the agents teach one JSON routing answer.
-QUESTIONS = [
-    "I am still waiting on my card?",
-    "What can I do if my card still hasn't arrived after 2 weeks?",
-    "How do I locate my card?",
-    "Is there a way to know when my card will arrive?",
-    "Can I track my card while it is in the process of delivery?",
-    "My card has not arrived yet, what should I do?",
-    "When will my new card come in the mail?",
-    "How long does a card usually take to arrive?",
-    "I ordered a card but it has not arrived. Help please!",
-    "Why hasn't my card been delivered yet?",
-    "Where is the card I ordered last week?",
-    "My new card is taking too long to arrive.",
-]
-ANSWER = '{"intent": "card_arrival", "team": "cards"}'
+QUESTIONS = card_questions(12)
+ANSWER = ROUTING_ANSWER
 # Cycles that train run on SQLite only, to keep the fast tier fast; the
 # database work they share with the others (runs, lease, lineage, registry)
 # is exercised on both databases by the remaining tests.

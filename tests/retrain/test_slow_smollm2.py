@@ -20,10 +20,7 @@ from feedback import store
 from retrain.base_model import resolve_base_model
 from retrain.cycle import run_cycle
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing` is deprecated:FutureWarning"),
-]
+pytestmark = pytest.mark.slow
 BANKING77 = Path(__file__).resolve().parents[3] / "shared" / "data" / "banking77" / "train.csv"
 INTENTS = {
     "card_arrival": "cards",

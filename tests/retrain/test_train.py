@@ -7,27 +7,13 @@ import json
 import subprocess
 import sys
 
-import pytest
 import torch
 
 from retrain.train import TrainConfig, TrainJob, build_sft_trainer, train_adapter
+from tests.retrain.examples import ROUTING_ANSWER, card_questions
 
-pytestmark = pytest.mark.filterwarnings(
-    # transformers 5 renamed gradient checkpointing; PEFT still asks the old name.
-    "ignore:`is_gradient_checkpointing` is deprecated:FutureWarning"
-)
-
-QUESTIONS = [
-    "I am still waiting on my card?",
-    "What can I do if my card still hasn't arrived after 2 weeks?",
-    "How do I locate my card?",
-    "Is there a way to know when my card will arrive?",
-    "Can I track my card while it is in the process of delivery?",
-    "My card has not arrived yet.",
-    "When will my new card come?",
-    "How long does a card take to arrive?",
-]
-ANSWER = '{"intent": "card_arrival", "team": "cards"}'
+QUESTIONS = card_questions(8)
+ANSWER = ROUTING_ANSWER
 
 
 def make_job(tiny_model, tmp_path, **config) -> TrainJob:

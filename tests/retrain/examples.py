@@ -1,0 +1,16 @@
+"""Training examples shared by the retrain tests: real customer messages from
+banking77 (card_arrival intent) that agents answer with one JSON routing object."""
+
+from __future__ import annotations
+
+import csv
+
+from tests.retrain.conftest import BANKING77
+
+ROUTING_ANSWER = '{"intent": "card_arrival", "team": "cards"}'
+
+
+def card_questions(count: int) -> list[str]:
+    with BANKING77.open(newline="", encoding="utf-8") as f:
+        rows = [r["text"] for r in csv.DictReader(f) if r["category"] == "card_arrival"]
+    return rows[:count]
