@@ -36,6 +36,7 @@ from retrain.base_model import resolve_base_model
 from retrain.evaluate import EvalJob
 from retrain.gate import Thresholds, decide
 from retrain.registry import Registry
+from retrain.snapshot import write_snapshot
 from retrain.sources import load_source_rows
 from retrain.train import TrainConfig, TrainJob
 
@@ -207,7 +208,7 @@ class _Cycle:
                 examples=[(e.id, e.completion_id, e.split, e.kind) for e in dataset.examples],
             )
             folder = self.settings.data_dir / "datasets" / snapshot.id
-            ds.write_snapshot(dataset, folder)
+            write_snapshot(dataset, folder)
             snapshot.path = str(folder)
             session.commit()
             return snapshot.id

@@ -2,8 +2,8 @@
 
 :func:`build_dataset` takes plain rows (:class:`SourceRow`, read from the store
 by :mod:`retrain.sources`) and returns a :class:`Dataset`: examples plus a
-manifest for lineage. No database, no torch; :func:`write_snapshot` writes one
-to a folder as JSONL in the OpenAI chat format.
+manifest for lineage. No database, no torch; :func:`retrain.snapshot.write_snapshot`
+writes one to a folder as JSONL in the OpenAI chat format.
 
 What becomes an example, and why:
 
@@ -36,25 +36,21 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import re
-import tempfile
 import unicodedata
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
-from feedback.exceptions import InvalidInputError, TunebackError
+from feedback.exceptions import InvalidInputError
 from retrain.pii import KINDS as PII_KINDS
 from retrain.pii import add_counts, scrub, scrub_messages
 
 EXAMPLE_KINDS = ("sft", "preference", "positive")
 SPLITS = ("train", "heldout")
 FORMAT = "tuneback-dataset/1"
-MANIFEST = "manifest.json"
 MESSAGE_OVERHEAD = 4  # tokens a chat template spends on a message's role and markers
 SHINGLE = 4
 _PUNCTUATION = re.compile(r"[^\w\s]|_")
@@ -62,12 +58,6 @@ COUNTS = (
     "rows_in sft preference positive train heldout duplicates_dropped truncated "
     "dropped_too_long thumbs_capped"
 ).split()
-
-
-class SnapshotDirError(TunebackError, ValueError):
-    """The snapshot folder holds files that a dataset snapshot did not write."""
-
-    code, status = "snapshot_dir_not_ours", 409
 
 
 @dataclass(frozen=True)
@@ -456,77 +446,3 @@ def _split(
             heldout.update(r.source.completion_id for r in group)
     examples = [replace(d, split="heldout") if d.completion_id in heldout else d for d in drafts]
     return sorted(examples, key=lambda e: e.id)
-
-
-def write_snapshot(dataset: Dataset, out_dir: Path) -> Path:
-    """Write ``train.jsonl``, ``heldout.jsonl``, ``preferences.jsonl`` and the manifest.
-
-    The chat files hold SFT and positive examples in the OpenAI fine-tuning
-    format; ``weight`` appears only where it is not 1. Each file is written to
-    a temporary file, fsynced and renamed into place, the manifest (with each
-    file's sha256) last. Refuses a non-empty folder that holds no manifest of
-    ours, so a wrong ``--out`` cannot clobber anything. Returns the folder.
-    """
-    out_dir = Path(out_dir)
-    _check_out_dir(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    lines = {
-        "train.jsonl": [_chat_line(e) for e in dataset.train("sft", "positive")],
-        "heldout.jsonl": [_chat_line(e) for e in dataset.heldout("sft", "positive")],
-        "preferences.jsonl": [
-            {"prompt": e.prompt, "chosen": e.completion, "rejected": e.rejected, "split": e.split}
-            for e in dataset.examples
-            if e.kind == "preference"
-        ],
-    }
-    files = {}
-    for name, records in lines.items():
-        data = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records).encode()
-        _write_atomic(out_dir / name, data)
-        files[name] = {"lines": len(records), "sha256": hashlib.sha256(data).hexdigest()}
-    manifest = {**dataset.manifest, "files": files}
-    _write_atomic(
-        out_dir / MANIFEST, (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode()
-    )
-    _fsync_dir(out_dir)
-    return out_dir
-
-
-def _check_out_dir(out_dir: Path) -> None:
-    if out_dir.exists() and not out_dir.is_dir():
-        raise SnapshotDirError(f"{out_dir} exists and is not a folder")
-    if not out_dir.exists() or not any(out_dir.iterdir()):
-        return
-    try:
-        ours = json.loads((out_dir / MANIFEST).read_text()).get("format") == FORMAT
-    except (OSError, ValueError, AttributeError):
-        ours = False
-    if not ours:
-        raise SnapshotDirError(f"{out_dir} is not empty and holds no dataset snapshot")
-
-
-def _chat_line(example: Example) -> dict[str, Any]:
-    messages = [*example.prompt, {"role": "assistant", "content": example.completion}]
-    return {"messages": messages} | ({"weight": example.weight} if example.weight != 1 else {})
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=path.name)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _fsync_dir(path: Path) -> None:
-    """Make the renames themselves durable (POSIX)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -138,6 +138,7 @@ def dataset_build(out: Path) -> None:
     from feedback import run_store
     from retrain import dataset as ds
     from retrain.cycle import dataset_config
+    from retrain.snapshot import write_snapshot
     from retrain.sources import load_source_rows
 
     with _engine() as (settings, engine):
@@ -146,7 +147,7 @@ def dataset_build(out: Path) -> None:
             heldout = run_store.heldout_completions(session)
         built = ds.build_dataset(rows, dataset_config(settings), previously_heldout=heldout)
         try:
-            ds.write_snapshot(built, out)
+            write_snapshot(built, out)
         except ValueError as error:
             raise click.ClickException(str(error)) from None
     counts = built.manifest["counts"]

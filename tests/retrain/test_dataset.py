@@ -13,16 +13,10 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from feedback import durable
 from feedback.exceptions import InvalidInputError
-from retrain import dataset as ds
-from retrain.dataset import (
-    DatasetConfig,
-    SnapshotDirError,
-    SourceRow,
-    Vote,
-    build_dataset,
-    write_snapshot,
-)
+from retrain.dataset import DatasetConfig, SourceRow, Vote, build_dataset
+from retrain.snapshot import SnapshotDirError, write_snapshot
 
 T0 = datetime(2025, 3, 1, 9, 0, tzinfo=UTC)
 SYSTEM = {"role": "system", "content": "You are the support assistant of a bank."}
@@ -468,8 +462,8 @@ def test_a_crash_while_writing_leaves_the_previous_files(tmp_path, monkeypatch):
     def crash(src, dst):
         raise OSError("disk full")
 
-    monkeypatch.setattr(ds.os, "replace", crash)
+    monkeypatch.setattr(durable.os, "replace", crash)
     with pytest.raises(OSError, match="disk full"):
         write_snapshot(second, folder)
-    monkeypatch.setattr(ds.os, "replace", os.replace)
+    monkeypatch.setattr(durable.os, "replace", os.replace)
     assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
