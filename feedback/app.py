@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 
 from apiflask import APIFlask
-from flask import Response, current_app, g
+from flask import Request, Response, current_app, g, request
 from sqlalchemy import Engine
 from werkzeug.middleware.proxy_fix import ProxyFix
 
@@ -88,21 +89,33 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
 
 
 def _before_request():  # noqa: ANN202 - a response for preflights, else None
-    """Per request, in this order: timer, session, CORS preflight, key, rate limit."""
+    """Per request, in this order: timer, CORS preflight, key, rate limit.
+
+    Every request runs this, so Flask's ``request``, ``g`` and ``current_app``
+    proxies are resolved once here and the objects passed on.
+    """
+    ctx = g._get_current_object()
+    ctx.metrics_start = time.perf_counter()
     ext: Extension = current_app.extensions["tuneback"]
-    ext.metrics.start()
-    g.metrics = ext.metrics
-    preflight = cors.preflight()
-    if preflight is not None:
-        return preflight
-    auth.load_key()
-    ext.limiter.check()  # after the key: limits count per key
+    ctx.metrics = ext.metrics
+    req: Request = request._get_current_object()
+    if req.method == "OPTIONS":
+        preflight = cors.preflight(req, ext.origins)
+        if preflight is not None:
+            return preflight
+    caller = auth.load_key(req, ctx, ext.key_cache)
+    # After the key: limits count per key (per client address without one).
+    who = f"key:{caller.id}" if caller else f"addr:{req.remote_addr}"
+    ext.limiter.check(req.endpoint, req.method, who)
     return None
 
 
 def _after_request(response: Response) -> Response:
-    ext: Extension = current_app.extensions["tuneback"]
-    return ext.metrics.finish(cors.add_cors_headers(response))
+    ctx = g._get_current_object()
+    req: Request = request._get_current_object()
+    metrics: Metrics = current_app.extensions["tuneback"].metrics
+    response = cors.add_cors_headers(req, ctx.get("caller"), response)
+    return metrics.finish(req, response, ctx.get("metrics_start"))
 
 
 def _register_blueprints(app: APIFlask) -> None:

@@ -12,13 +12,16 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from flask import current_app, g, request
+from flask import Request, g, request
 
 from feedback import store
 from feedback.context import request_session
 from feedback.exceptions import AuthenticationError, ForbiddenError
+
+if TYPE_CHECKING:
+    from flask.ctx import _AppCtxGlobals
 
 
 @dataclass(frozen=True)
@@ -61,27 +64,32 @@ def _lookup(token: str) -> Caller | None:
     return Caller(key.id, key.role, key.name, tuple(key.allowed_origins or ()))
 
 
-def load_key() -> None:
-    """Resolve the bearer key, if any, onto ``g.caller`` (None when absent or bad)."""
-    g.caller, g.auth_problem = None, "missing"
-    header = request.headers.get("Authorization", "")
-    if not header:
-        return
-    scheme, _, token = header.partition(" ")
-    token = token.strip()
-    if scheme.lower() != "bearer" or not token or len(token) > 200:
-        g.auth_problem = "malformed"
-        return
-    cache: KeyCache = current_app.extensions["tuneback"].key_cache
-    g.caller = cache.get(token, lambda: _lookup(token))
-    g.auth_problem = None if g.caller else "invalid"
+def load_key(req: Request, ctx: _AppCtxGlobals, cache: KeyCache) -> Caller | None:
+    """Resolve the bearer key of ``req``, if any, onto ``g.caller`` (None when absent or bad).
+
+    Takes the request, ``g`` and the cache as arguments because it runs on
+    every request: each access through Flask's ``request``/``g`` proxies costs.
+    """
+    caller, problem = None, "missing"
+    header = req.headers.get("Authorization")
+    if header:
+        scheme, _, token = header.partition(" ")
+        token = token.strip()
+        if scheme.lower() != "bearer" or not token or len(token) > 200:
+            problem = "malformed"
+        else:
+            caller = cache.get(token, lambda: _lookup(token))
+            problem = None if caller else "invalid"
+    ctx.caller, ctx.auth_problem = caller, problem
+    return caller
 
 
 def current_caller(*roles: str) -> Caller:
     """The caller, checked against ``roles`` (admin always passes) and origin."""
-    caller: Caller | None = g.get("caller")
+    ctx = g._get_current_object()
+    caller: Caller | None = ctx.get("caller")
     if caller is None:
-        problem = g.get("auth_problem", "missing")
+        problem = ctx.get("auth_problem", "missing")
         if problem == "missing":
             raise AuthenticationError("an API key is required: Authorization: Bearer <key>")
         raise AuthenticationError("the API key is malformed, unknown or revoked")

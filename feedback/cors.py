@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import time
 
-from flask import Response, current_app, g, request
+from flask import Request, Response, current_app
 
 from feedback import store
+from feedback.auth import Caller
 from feedback.context import request_session
 
 ALLOWED_HEADERS = "Authorization, Content-Type, Idempotency-Key"
@@ -30,14 +31,14 @@ class OriginCache:
         return self._origins
 
 
-def preflight() -> Response | None:
+def preflight(req: Request, origins: OriginCache) -> Response | None:
     """Answer CORS preflight requests before routing, auth or rate limits."""
-    if request.method != "OPTIONS" or "Access-Control-Request-Method" not in request.headers:
+    if req.method != "OPTIONS" or "Access-Control-Request-Method" not in req.headers:
         return None
-    origin = (request.headers.get("Origin") or "").lower()
+    origin = (req.headers.get("Origin") or "").lower()
     response = current_app.make_default_options_response()
     response.status_code = 204
-    if origin and origin in current_app.extensions["tuneback"].origins.get():
+    if origin and origin in origins.get():
         response.headers["Access-Control-Allow-Origin"] = origin
         response.headers["Access-Control-Allow-Methods"] = "GET, POST, OPTIONS"
         response.headers["Access-Control-Allow-Headers"] = ALLOWED_HEADERS
@@ -46,10 +47,12 @@ def preflight() -> Response | None:
     return response
 
 
-def add_cors_headers(response: Response) -> Response:
-    origin = (request.headers.get("Origin") or "").lower()
-    caller = g.get("caller")
-    if origin and caller is not None and origin in caller.allowed_origins:
+def add_cors_headers(req: Request, caller: Caller | None, response: Response) -> Response:
+    """Echo the request's origin when ``caller``'s key allows it."""
+    if caller is None or not caller.allowed_origins:
+        return response  # most calls: server and agent keys allow no origin
+    origin = (req.headers.get("Origin") or "").lower()
+    if origin and origin in caller.allowed_origins:
         response.headers["Access-Control-Allow-Origin"] = origin
         response.headers["Access-Control-Expose-Headers"] = EXPOSED_HEADERS
         response.headers.add("Vary", "Origin")

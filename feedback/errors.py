@@ -9,11 +9,14 @@ that reveals nothing.
 from __future__ import annotations
 
 import logging
+from typing import IO
 
 from apiflask import APIFlask
 from apiflask.exceptions import HTTPError
 from flask import Request, jsonify
 from werkzeug.exceptions import BadRequest, HTTPException, RequestEntityTooLarge
+from werkzeug.utils import cached_property
+from werkzeug.wsgi import LimitedStream
 
 from feedback.exceptions import TunebackError
 
@@ -58,12 +61,36 @@ class JSONRequest(Request):
     """A request whose JSON parse failures say so (Flask's only do in debug),
     and whose chunked bodies over the limit are a 413, not silently cut short."""
 
+    @cached_property
+    def max_content_length(self) -> int | None:  # type: ignore[override]
+        # Flask looks the limit up through current_app on every read, and a
+        # body read reads it several times: once per request is enough. (Set
+        # per request, as Flask 3.1 allows, it still takes the new value.)
+        return super().max_content_length
+
+    @cached_property
+    def stream(self) -> IO[bytes]:
+        """The body, read at most up to its Content-Length.
+
+        Werkzeug bounds the input of a server that ends it itself (gunicorn)
+        by ``max_content_length`` instead, and then reads it in a loop that
+        needs one more read to find the end; bounding it by the length it
+        declares is what werkzeug does for other servers, and reads it once.
+        """
+        length = self.content_length
+        if length is None:  # chunked: werkzeug's stream, bounded by the limit
+            return super().stream
+        limit = self.max_content_length
+        if limit is not None and length > limit:
+            raise RequestEntityTooLarge()
+        return LimitedStream(self.environ["wsgi.input"], length)
+
     def get_data(self, *args, **kwargs):  # noqa: ANN002, ANN003, ANN201
         data = super().get_data(*args, **kwargs)
         limit = self.max_content_length
         # Werkzeug stops reading a chunked body at the limit without saying so;
         # one more byte waiting on the wire means the body was too large.
-        if self.content_length is None and limit is not None and len(data) >= limit:
+        if limit is not None and len(data) >= limit and self.content_length is None:
             if self.environ["wsgi.input"].read(1):
                 raise RequestEntityTooLarge()
         return data

@@ -6,8 +6,9 @@ Each app gets its own registry, so tests can build many apps in one process.
 from __future__ import annotations
 
 import time
+from typing import Any
 
-from flask import Response, g, request
+from flask import Request, Response
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
@@ -34,21 +35,19 @@ class Metrics:
         self.corrections = Counter(
             "tuneback_corrections", "Corrections recorded", registry=self.registry
         )
-        self._children: dict[tuple, tuple] = {}
         self.completions = Counter(
             "tuneback_completions", "Completions logged", registry=self.registry
         )
+        # labels() takes a lock and builds its key on every call: resolve each
+        # label set once (these caches grow exactly as the metrics themselves do).
+        self._children: dict[tuple, tuple] = {}
+        self._votes: dict[tuple[str, str], Any] = {}
 
-    def start(self) -> None:
-        """Call at the start of each request."""
-        g.metrics_start = time.perf_counter()
-
-    def finish(self, response: Response) -> Response:
-        """Call on each response: counts it and records its latency."""
-        start = g.get("metrics_start")
+    def finish(self, request: Request, response: Response, start: float | None) -> Response:
+        """Call on each response: counts it and records its latency since ``start``."""
         key = (request.method, request.endpoint or "unmatched", response.status_code)
         children = self._children.get(key)
-        if children is None:  # labels() takes a lock and builds keys: do it once
+        if children is None:
             children = self._children[key] = (
                 self.latency.labels(key[0], key[1]),
                 self.requests.labels(key[0], key[1], str(key[2])),
@@ -57,6 +56,13 @@ class Metrics:
             children[0].observe(time.perf_counter() - start)
         children[1].inc()
         return response
+
+    def vote(self, rating: str, source: str) -> None:
+        """Count one recorded vote."""
+        child = self._votes.get((rating, source))
+        if child is None:
+            child = self._votes[rating, source] = self.feedback.labels(rating, source)
+        child.inc()
 
     def render(self) -> Response:
         return Response(generate_latest(self.registry), mimetype=CONTENT_TYPE_LATEST)

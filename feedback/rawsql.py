@@ -1,10 +1,11 @@
-"""The hot write path: hand-written SQL on a pooled DB-API connection.
+"""The hot write path: hand-written SQL on a raw DB-API connection.
 
 A vote is the most frequent write Tuneback takes, and the ORM costs several
 times what SQLite itself does per insert. So votes and idempotency records are
 written with a few fixed statements that both SQLite and PostgreSQL accept
 (``INSERT ... ON CONFLICT``, ``RETURNING``), executed on the raw driver
-connection of the engine's pool. Everything else uses the ORM.
+connection: a pooled one on PostgreSQL, this process's writer connection on
+SQLite (:class:`SQLiteWriter`). Everything else uses the ORM.
 
 The statements use ``?`` placeholders; they are rewritten once for psycopg.
 On SQLite, timestamps are stored exactly as SQLAlchemy stores them (naive UTC
@@ -13,17 +14,23 @@ text), so ORM reads of these rows see what the ORM itself would have written.
 
 from __future__ import annotations
 
+import logging
+import os
+import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext, suppress
 from datetime import UTC, datetime
 from typing import Any
+from weakref import WeakKeyDictionary
 
-from sqlalchemy import Engine
+from sqlalchemy import Engine, event
 from sqlalchemy.orm import Session
 
 from feedback.db import begin_write
 from feedback.exceptions import NotFoundError
 from feedback.models import new_id, utcnow
+
+log = logging.getLogger(__name__)
 
 VOTE_UPSERT = (
     "INSERT INTO feedback (id, completion_id, rating, reason, comment, source, user_ref,"
@@ -32,6 +39,17 @@ VOTE_UPSERT = (
     " reason = excluded.reason, comment = excluded.comment, source = excluded.source,"
     " api_key_id = excluded.api_key_id, updated_at = excluded.updated_at"
     " RETURNING id, created_at"
+)
+# The order of VOTE_UPSERT's values, timestamps aside.
+VOTE_COLUMNS = (
+    "id",
+    "completion_id",
+    "rating",
+    "reason",
+    "comment",
+    "source",
+    "user_ref",
+    "api_key_id",
 )
 KEY_CLAIM = (
     "INSERT INTO idempotency_record (api_key_id, key, request_hash, status_code,"
@@ -66,7 +84,9 @@ class RawTx:
 
     def timestamp(self, value: datetime) -> Any:
         # SQLAlchemy's SQLite DateTime format: naive UTC, microseconds, space separator.
-        return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f") if self.sqlite else value
+        if not self.sqlite:
+            return value
+        return value.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
 
     @staticmethod
     def read_timestamp(value: Any) -> datetime:
@@ -74,17 +94,129 @@ class RawTx:
         return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
-@contextmanager
-def engine_write(engine: Engine, *, single_statement: bool = False) -> Iterator[RawTx]:
-    """A write transaction on a pooled connection: ``BEGIN IMMEDIATE`` on SQLite.
+class SQLiteWriter:
+    """This process's raw SQLite writes: one connection, one transaction at a time.
+
+    SQLite takes one writer at a time anyway. Writers that collide inside
+    SQLite get "busy" and sleep in its busy handler (1 ms, then longer), which
+    under load cost more than the writes; queued on a lock here they start the
+    moment the previous one commits. One connection also keeps its page cache
+    warm: SQLite drops a connection's cache whenever another one has committed.
+
+    The WAL is checkpointed after the lock is released: SQLite's automatic
+    checkpoint runs inside the committing statement and fsyncs, which would
+    hold every other write of the process for milliseconds.
+
+    The connection comes from the engine's pool (so it has the engine's
+    pragmas: WAL, busy timeout, foreign keys) and is detached from it; it is
+    closed when the engine is disposed, and never used across a fork.
+    """
+
+    # Writes between checkpoints: about SQLite's default of 1000 WAL pages,
+    # at the five or so pages a vote changes.
+    CHECKPOINT_EVERY = 200
+
+    def __init__(self, engine: Engine) -> None:
+        self.lock = threading.Lock()
+        self.dialect = engine.dialect
+        self._fairy: Any = None
+        self._tx: RawTx | None = None
+        self._pid = 0
+        self._writes = 0
+        event.listen(engine, "engine_disposed", lambda _engine: self.close())
+
+    @contextmanager
+    def transaction(self, engine: Engine, *, single_statement: bool) -> Iterator[RawTx]:
+        with self.lock:
+            tx = self._transaction(engine)
+            if not single_statement:
+                tx.conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield tx
+                tx.conn.commit()  # a no-op after a single statement: it committed itself
+            except BaseException:
+                self._rollback()
+                raise
+            self._writes += 1
+            checkpoint_due = self._writes >= self.CHECKPOINT_EVERY
+            if checkpoint_due:
+                self._writes = 0
+        if checkpoint_due:
+            checkpoint(engine)
+
+    def _transaction(self, engine: Engine) -> RawTx:
+        if self._tx is None or self._pid != os.getpid():
+            self._fairy = engine.raw_connection()
+            self._tx = RawTx(self._fairy.driver_connection, self.dialect)
+            self._fairy.detach()
+            self._pid = os.getpid()
+            self._tx.conn.execute("PRAGMA wal_autocheckpoint=0")  # see transaction()
+        return self._tx
+
+    def _rollback(self) -> None:
+        try:
+            self._tx.conn.rollback()
+        except BaseException:
+            # Unusable: drop it, and let the next write open a new one.
+            fairy, self._fairy, self._tx = self._fairy, None, None
+            with suppress(Exception):
+                fairy.close()
+
+    def close(self) -> None:
+        with self.lock:
+            if self._fairy is not None and self._pid == os.getpid():
+                self._fairy.close()
+            self._fairy = self._tx = None
+
+
+def checkpoint(engine: Engine) -> None:
+    """Copy the WAL into the database file without blocking writers (PASSIVE).
+
+    Runs after a write has committed, so a failure must not fail its request;
+    like SQLite's own automatic checkpoint, it is retried at the next one.
+    """
+    try:
+        fairy = engine.raw_connection()
+        try:
+            fairy.driver_connection.execute("PRAGMA wal_checkpoint(PASSIVE)").close()
+        finally:
+            fairy.close()
+    except Exception:  # noqa: BLE001
+        log.warning("WAL checkpoint failed; retrying after the next writes", exc_info=True)
+
+
+_WRITERS: WeakKeyDictionary[Engine, SQLiteWriter] = WeakKeyDictionary()
+_WRITERS_LOCK = threading.Lock()
+
+
+def sqlite_writer(engine: Engine) -> SQLiteWriter | None:
+    """The engine's :class:`SQLiteWriter`, or None for other databases."""
+    writer = _WRITERS.get(engine)
+    if writer is None and engine.dialect.name == "sqlite":
+        with _WRITERS_LOCK:
+            writer = _WRITERS.get(engine) or _WRITERS.setdefault(engine, SQLiteWriter(engine))
+    return writer
+
+
+def engine_write(
+    engine: Engine, *, single_statement: bool = False
+) -> AbstractContextManager[RawTx]:
+    """A write transaction: ``BEGIN IMMEDIATE`` on SQLite's writer connection,
+    a pooled connection on other databases.
 
     With ``single_statement`` the caller promises one statement, which SQLite
     runs atomically on its own, so the explicit transaction is skipped.
     """
+    writer = sqlite_writer(engine)
+    if writer is None:
+        return _pooled_write(engine)
+    return writer.transaction(engine, single_statement=single_statement)
+
+
+@contextmanager
+def _pooled_write(engine: Engine) -> Iterator[RawTx]:
     fairy = engine.raw_connection()
     try:
-        if engine.dialect.name == "sqlite" and not single_statement:
-            fairy.driver_connection.execute("BEGIN IMMEDIATE")
         yield RawTx(fairy.driver_connection, engine.dialect)
         fairy.commit()
     except BaseException:
@@ -96,18 +228,34 @@ def engine_write(engine: Engine, *, single_statement: bool = False) -> Iterator[
 
 @contextmanager
 def session_write(session: Session) -> Iterator[RawTx]:
-    """A write transaction of an ORM session, for actions that also use the ORM."""
-    begin_write(session)
-    connection = session.connection()
-    try:
-        yield RawTx(connection.connection.driver_connection, connection.dialect)
-        session.commit()
-    except BaseException:
-        session.rollback()
-        raise
+    """A write transaction of an ORM session, for actions that also use the ORM.
+
+    On SQLite it waits for this process's other writes (see :class:`SQLiteWriter`).
+    """
+    bind = session.get_bind()
+    writer = sqlite_writer(bind) if isinstance(bind, Engine) else None
+    with writer.lock if writer is not None else nullcontext():
+        begin_write(session)
+        connection = session.connection()
+        try:
+            yield RawTx(connection.connection.driver_connection, connection.dialect)
+            session.commit()
+        except BaseException:
+            session.rollback()
+            raise
 
 
-def record_vote(tx: RawTx, **vote: Any) -> tuple[dict[str, Any], bool]:
+def record_vote(
+    tx: RawTx,
+    *,
+    completion_id: str,
+    rating: str,
+    reason: str | None,
+    comment: str | None,
+    source: str,
+    user_ref: str | None,
+    api_key_id: str | None,
+) -> tuple[dict[str, Any], bool]:
     """Insert a vote, or replace this user's earlier vote on the same completion.
 
     One statement: the upsert on (completion, user) makes concurrent votes of
@@ -115,16 +263,18 @@ def record_vote(tx: RawTx, **vote: Any) -> tuple[dict[str, Any], bool]:
     completion exists. Returns the stored vote and whether it replaced one.
     """
     now = utcnow()
-    vote_id = new_id()
-    columns = ("completion_id", "rating", "reason", "comment", "source", "user_ref", "api_key_id")
-    params = (vote_id, *(vote[c] for c in columns), tx.timestamp(now), tx.timestamp(now))
+    stamp, vote_id = tx.timestamp(now), new_id()
+    params = (vote_id, completion_id, rating, reason, comment, source, user_ref, api_key_id)
     try:
-        stored_id, created = tx.one(VOTE_UPSERT, params)
+        stored_id, created = tx.one(VOTE_UPSERT, (*params, stamp, stamp))
     except tx.integrity_error as error:
-        raise NotFoundError(f"completion {vote['completion_id']!r} does not exist") from error
-    row = {"id": stored_id, **{c: vote[c] for c in columns}}
-    row.update(created_at=tx.read_timestamp(created), updated_at=now)
-    return row, stored_id != vote_id
+        raise NotFoundError(f"completion {completion_id!r} does not exist") from error
+    replaced = stored_id != vote_id
+    row = dict(zip(VOTE_COLUMNS, params, strict=True))
+    # A new vote was created just now; a replaced one keeps its creation time.
+    row.update(id=stored_id, created_at=tx.read_timestamp(created) if replaced else now)
+    row["updated_at"] = now
+    return row, replaced
 
 
 def claim_key(tx: RawTx, *, api_key_id: str, key: str, request_hash: str) -> bool:

@@ -3,29 +3,41 @@
 from __future__ import annotations
 
 from apiflask import APIBlueprint
-from flask import current_app, g, request
+from apiflask.schema_adapters import registry
+from flask import current_app, request
 
 from feedback import rawsql
-from feedback.auth import require
+from feedback.auth import current_caller
 from feedback.idempotency import HEADER, run_write
 from feedback.schemas import FeedbackIn, FeedbackOut
-from feedback.views import NOT_FOUND, feedback_out, json_response
+from feedback.views import NOT_FOUND, documented_as, feedback_out, json_response
 from feedback.views.completions import limit_text
 
 bp = APIBlueprint("ratings", __name__, tag="Feedback")
+# The validator APIFlask's @bp.input would use: same checks, same 422 answers.
+FEEDBACK_IN = registry.create_adapter(FeedbackIn)
 
 
-@bp.post("/v1/feedback")
-@require("widget", "agent")
 @bp.input(FeedbackIn, arg_name="body")
 @bp.output(FeedbackOut, status_code=201)
 @bp.doc(security="bearer", responses=NOT_FOUND)
-def post_feedback(body: FeedbackIn):
+def post_feedback_doc(body: FeedbackIn) -> None:
     """Vote on a completion. A user's second vote on it replaces the first.
 
     Send an `Idempotency-Key` header to make retries safe.
     """
+
+
+@bp.post("/v1/feedback")
+@documented_as(post_feedback_doc)
+def post_feedback():
+    # The busiest route: it checks the key and the body itself, in the order
+    # @require and @bp.input would, instead of through their wrappers.
+    caller = current_caller("widget", "agent")
+    req = request._get_current_object()
+    body: FeedbackIn = FEEDBACK_IN.validate_input(req, "json")
     limit_text(body.comment)
+    ext = current_app.extensions["tuneback"]
 
     def action(tx):
         vote, replaced = rawsql.record_vote(
@@ -35,13 +47,13 @@ def post_feedback(body: FeedbackIn):
             reason=body.reason,
             comment=body.comment,
             user_ref=body.user,
-            source=g.caller.role,
-            api_key_id=g.caller.id,
+            source=caller.role,
+            api_key_id=caller.id,
         )
-        g.metrics.feedback.labels(body.rating, g.caller.role).inc()
+        ext.metrics.vote(body.rating, caller.role)
         return feedback_out(vote, replaced), 201
 
-    engine = current_app.extensions["tuneback"].engine
     # Without an Idempotency-Key the vote is one statement (see rawsql.record_vote).
-    single = HEADER not in request.headers
-    return json_response(*run_write(rawsql.engine_write(engine, single_statement=single), action))
+    single = HEADER not in req.headers
+    transaction = rawsql.engine_write(ext.engine, single_statement=single)
+    return json_response(*run_write(transaction, action))
