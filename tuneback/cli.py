@@ -150,14 +150,14 @@ def api(host: str | None, port: int | None, workers: int | None) -> None:
     run_gunicorn("feedback.app:create_app", settings)
 
 
-def _add_retrain_commands() -> None:
-    from tuneback.cli_retrain import COMMANDS
+def _add_commands() -> None:
+    from tuneback import cli_retrain, cli_serve
 
-    for command in COMMANDS:
+    for command in (*cli_retrain.COMMANDS, *cli_serve.COMMANDS):
         cli.add_command(command)
 
 
-_add_retrain_commands()
+_add_commands()
 
 
 def main() -> None:  # pragma: no cover - console entry for python -m

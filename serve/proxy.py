@@ -1,0 +1,194 @@
+"""Capture proxy: forward chats to any OpenAI-compatible server and log what it answered.
+
+With ``TUNEBACK_UPSTREAM_URL`` set, ``/v1/chat/completions`` sends each
+validated request on through the official ``openai`` client, logs the answer in
+the store like a locally generated one, and returns the upstream's response
+with its ``id`` replaced by the logged completion's, so thumbs and corrections
+work for a model Tuneback does not host. Streams are passed through chunk by
+chunk; the final chunk is held back until the completion is logged.
+
+Upstream failures keep their status where it means something to the caller
+(400, 404, 429 with Retry-After...), become 502 when our own upstream key is
+refused or the upstream cannot be reached, and 504 when it times out.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import openai
+
+from feedback.settings import Settings
+from serve.responses import SSE_DONE, Call, log_completion, sse, sse_error
+from serve.schemas import ChatRequest, OverloadedError, UpstreamError
+
+log = logging.getLogger(__name__)
+# Ours, not the upstream's: stored with the completion, never forwarded.
+LOCAL_FIELDS = {"messages", "metadata"}
+
+
+class ProxyBackend:
+    """Chat completions served by an upstream OpenAI-compatible server."""
+
+    def __init__(self, settings: Settings, client: openai.OpenAI | None = None) -> None:
+        self.settings = settings
+        self.client = client or openai.OpenAI(
+            base_url=settings.upstream_url,
+            api_key=settings.upstream_api_key or "unused",
+            timeout=settings.serve_request_timeout,
+            max_retries=0,  # the caller decides about retries, with our Retry-After
+        )
+        limit = settings.serve_queue_size + settings.serve_max_batch
+        self.limit, self._in_flight = limit, threading.BoundedSemaphore(limit)
+
+    def close(self) -> None:
+        self.client.close()
+
+    def models(self) -> list[dict[str, Any]]:
+        return [model.to_dict() for model in _upstream(lambda: list(self.client.models.list()))]
+
+    def status(self) -> dict[str, Any]:
+        return {"mode": "proxy", "upstream": self.settings.upstream_url, "limit": self.limit}
+
+    def complete(self, request: ChatRequest, call: Call) -> dict[str, Any]:
+        with self._slot():
+            response = _upstream(lambda: self.client.chat.completions.create(**_args(request)))
+            choice = response.choices[0] if response.choices else None
+            text = (choice.message.content or "") if choice else ""
+            self._log(request, call, text, response, choice.finish_reason if choice else None)
+        body = response.to_dict()
+        body["id"] = call.id
+        return body
+
+    def start_stream(self, request: ChatRequest, call: Call) -> Iterator[bytes]:
+        """Open the upstream stream now, so its refusal is still a plain HTTP error."""
+        self._acquire()
+        try:
+            args = _args(request)
+            stream = _upstream(lambda: self.client.chat.completions.create(**args))
+        except BaseException:
+            self._in_flight.release()
+            raise
+        return self._events(request, call, stream)
+
+    # --- internals ----------------------------------------------------------------
+
+    @contextmanager
+    def _slot(self) -> Iterator[None]:
+        self._acquire()
+        try:
+            yield
+        finally:
+            self._in_flight.release()
+
+    def _acquire(self) -> None:
+        if not self._in_flight.acquire(blocking=False):
+            raise OverloadedError(
+                f"the server is busy ({self.limit} upstream requests in flight); retry later",
+                retry_after=1,
+            )
+
+    def _events(self, request: ChatRequest, call: Call, stream: Any) -> Iterator[bytes]:
+        held, text, last, finish = [], [], None, None
+        try:
+            for chunk in stream:
+                last, data = chunk, chunk.to_dict()
+                data["id"] = call.id
+                text.extend(c.delta.content or "" for c in chunk.choices if c.delta)
+                finish = next((c.finish_reason for c in chunk.choices if c.finish_reason), finish)
+                if finish is not None or not chunk.choices:
+                    held.append(data)  # the end: sent once the completion is logged
+                else:
+                    yield sse(data)
+            if last is None:
+                raise UpstreamError("the upstream stream ended without a chunk", status=502)
+            self._log(request, call, "".join(text), last, finish)
+            for data in held:
+                yield sse(data)
+            yield SSE_DONE
+        except (openai.APIError, UpstreamError) as error:
+            log.warning("upstream stream failed: %s", error)
+            yield sse_error("upstream_error", f"the upstream stream failed: {error}")
+        finally:
+            stream.close()
+            self._in_flight.release()
+
+    def _log(self, request: ChatRequest, call: Call, text: str, response: Any, finish: Any) -> None:
+        usage = getattr(response, "usage", None)
+        metadata: dict[str, Any] = {
+            "source": "tuneback-proxy",
+            "upstream_id": response.id,
+            "upstream_fingerprint": getattr(response, "system_fingerprint", None),
+            "finish_reason": finish,
+            "usage": usage.to_dict() if usage is not None else None,
+            "sampling": request.model_dump(
+                include={
+                    "temperature",
+                    "top_p",
+                    "max_tokens",
+                    "max_completion_tokens",
+                    "seed",
+                    "stop",
+                },
+                exclude_none=True,
+            ),  # fmt: skip
+        }
+        if request.user is not None:
+            metadata["user"] = request.user
+        if request.metadata:
+            metadata["request_metadata"] = request.metadata
+        log_completion(
+            call,
+            messages=request.plain_messages(),
+            response=text,
+            model=response.model or request.model,
+            adapter_version=None,
+            metadata=metadata,
+        )
+
+
+def _args(request: ChatRequest) -> dict[str, Any]:
+    args = request.model_dump(exclude=LOCAL_FIELDS, exclude_none=True)
+    if not args.get("stream"):
+        args.pop("stream", None)
+    args["messages"] = request.plain_messages()
+    return args
+
+
+def _upstream(call: Callable[[], Any]) -> Any:
+    """Run an upstream call, turning its failures into :class:`UpstreamError`."""
+    try:
+        return call()
+    except openai.APIStatusError as error:
+        raise _status_error(error) from None
+    except openai.APITimeoutError:
+        raise UpstreamError(
+            "the upstream server timed out", status=504, code="upstream_timeout"
+        ) from None
+    except openai.APIConnectionError as error:
+        raise UpstreamError(
+            f"cannot reach the upstream server: {error}", status=502, code="upstream_unavailable"
+        ) from None
+
+
+def _status_error(error: openai.APIStatusError) -> UpstreamError:
+    body = error.body if isinstance(error.body, dict) else {}
+    message = str(body.get("message") or error.message)
+    status = error.status_code
+    if status in (401, 403):  # our upstream key, not the caller's: a gateway problem
+        return UpstreamError(
+            f"the upstream server refused Tuneback's key: {message}",
+            status=502,
+            code="upstream_auth_failed",
+        )
+    retry = error.response.headers.get("Retry-After")
+    return UpstreamError(
+        message,
+        status=status if 400 <= status < 600 else 502,
+        code=str(body.get("code") or "upstream_error"),
+        retry_after=int(retry) if retry and retry.isdigit() else None,
+    )

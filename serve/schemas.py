@@ -1,0 +1,163 @@
+"""Chat request bodies, validated where they enter, and the errors chat answers with.
+
+The accepted fields are those of OpenAI's chat completions API that this server
+honours; anything else is a 400, as OpenAI itself answers an unknown argument.
+Errors keep the feedback API's shape, ``{"error": {"code", "message"}}``, with
+OpenAI's status codes (400 for a bad request, 404 for an unknown model).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from feedback.exceptions import TunebackError
+from feedback.schemas import MAX_TEXT, ShortText, Text, UserRef
+
+MAX_MESSAGES = 500
+MAX_STOPS = 4
+
+
+class ChatRequestError(TunebackError, ValueError):
+    """The chat request is malformed: wrong types, unknown fields, empty messages."""
+
+    code, status = "invalid_request", 400
+
+
+class ContextLengthError(ChatRequestError):
+    """The prompt (plus the requested answer) does not fit the model's context."""
+
+    code = "context_length_exceeded"
+
+
+class ModelNotFoundError(TunebackError, LookupError):
+    code, status = "model_not_found", 404
+
+
+class OverloadedError(TunebackError, RuntimeError):
+    """The request queue is full, or a request ran out of time: retry later."""
+
+    code, status = "overloaded", 503
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after  # feedback.errors turns this into Retry-After
+
+
+class UpstreamError(TunebackError, RuntimeError):
+    """The upstream server of the capture proxy failed; ``status`` is what it answered."""
+
+    code = "upstream_error"
+
+    def __init__(
+        self, message: str, *, status: int, code: str | None = None, retry_after: int | None = None
+    ) -> None:
+        super().__init__(message, code=code)
+        self.status, self.retry_after = status, retry_after
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class TextPart(_Strict):
+    type: Literal["text"]
+    text: Annotated[str, Field(max_length=MAX_TEXT)]
+
+
+class ChatMessage(_Strict):
+    role: Literal["system", "developer", "user", "assistant"]
+    content: Text | list[TextPart]
+    name: ShortText | None = None
+
+    def text(self) -> str:
+        if isinstance(self.content, str):
+            return self.content
+        return "".join(part.text for part in self.content)
+
+
+class StreamOptions(_Strict):
+    include_usage: bool = False
+
+
+class ChatRequest(_Strict):
+    """The body of ``POST /v1/chat/completions``."""
+
+    model: ShortText
+    messages: list[ChatMessage] = Field(min_length=1, max_length=MAX_MESSAGES)
+    max_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, gt=0, le=1)
+    stop: Text | list[Text] | None = None
+    seed: int | None = Field(None, ge=-(2**63), lt=2**64)
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    n: Literal[1] | None = None
+    user: UserRef | None = None
+    metadata: dict[ShortText, Annotated[str, Field(max_length=512)]] | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> ChatRequest:
+        if isinstance(self.stop, list) and len(self.stop) > MAX_STOPS:
+            raise ValueError(f"stop: at most {MAX_STOPS} sequences")
+        if self.stream_options is not None and not self.stream:
+            raise ValueError("stream_options: only allowed when stream is true")
+        if not any(m.text() for m in self.messages):
+            raise ValueError("messages: every message is empty")
+        return self
+
+    @property
+    def stops(self) -> tuple[str, ...]:
+        if self.stop is None:
+            return ()
+        return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
+
+    @property
+    def requested_tokens(self) -> int | None:
+        """``max_completion_tokens`` (the current name) or else ``max_tokens``."""
+        return self.max_completion_tokens or self.max_tokens
+
+    @property
+    def include_usage(self) -> bool:
+        return bool(self.stream_options and self.stream_options.include_usage)
+
+    def plain_messages(self) -> list[dict[str, str]]:
+        """The conversation as ``{"role", "content"}`` dicts, as the store keeps it."""
+        out = []
+        for message in self.messages:
+            item = {"role": message.role, "content": message.text()}
+            if message.name is not None:
+                item["name"] = message.name
+            out.append(item)
+        return out
+
+
+def parse_chat_request(body: Any) -> ChatRequest:
+    """Validate a decoded JSON body; raise :class:`ChatRequestError` with every problem."""
+    if not isinstance(body, dict):
+        raise ChatRequestError("the body must be a JSON object")
+    try:
+        return ChatRequest.model_validate(body)
+    except ValidationError as error:
+        raise ChatRequestError(describe(error)) from None
+
+
+def describe(error: ValidationError) -> str:
+    """One readable line per problem, naming the field as OpenAI does (``messages.0.role``)."""
+    parts = []
+    for problem in error.errors(include_url=False):
+        where = ".".join(str(p) for p in problem["loc"] if not _is_union_tag(p))
+        if problem["type"] == "extra_forbidden":
+            parts.append(f"unrecognized request argument supplied: {where}")
+        elif problem["type"] == "missing":
+            parts.append(f"{where}: is required")
+        else:
+            parts.append(f"{where}: {problem['msg']}" if where else problem["msg"])
+    return "; ".join(dict.fromkeys(parts)) or "the request is not valid"
+
+
+def _is_union_tag(part: Any) -> bool:
+    # pydantic names the union member it tried (``str``, ``list[TextPart]``) in the path.
+    return isinstance(part, str) and ("[" in part or part in ("str", "int", "float", "bool"))

@@ -1,0 +1,92 @@
+"""Capture proxy: a second instance of our server, in proxy mode, in front of the first."""
+
+from __future__ import annotations
+
+import openai
+import pytest
+import requests
+
+from tests.live import free_port
+from tests.serve.support import MESSAGES
+
+
+@pytest.fixture(scope="module")
+def upstream(module_servers):
+    return module_servers()
+
+
+@pytest.fixture(scope="module")
+def proxy(module_servers, upstream):
+    return module_servers(
+        upstream_url=f"{upstream.url}/v1", upstream_api_key=upstream.keys["server"]
+    )
+
+
+def detail(live, completion_id: str) -> dict:  # noqa: ANN001
+    response = requests.get(
+        f"{live.url}/v1/completions/{completion_id}", headers=live.headers("agent"), timeout=10
+    )
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def test_a_proxied_completion_is_logged_by_the_proxy_and_can_be_voted_on(proxy, upstream):
+    answer = proxy.client().chat.completions.create(
+        model="default", messages=MESSAGES, max_tokens=6, temperature=0, metadata={"t": "1"}
+    )
+    text = answer.choices[0].message.content
+    logged = detail(proxy, answer.id)
+    assert logged["response"] == text and logged["messages"] == MESSAGES
+    assert logged["model"] == "default" and logged["adapter_version"] is None
+    assert logged["metadata"]["source"] == "tuneback-proxy"
+    assert logged["metadata"]["request_metadata"] == {"t": "1"}
+    # The upstream (our own server here) logged its side under its own id.
+    assert detail(upstream, logged["metadata"]["upstream_id"])["response"] == text
+    assert answer.system_fingerprint == "base"  # passed through from the upstream
+    vote = requests.post(
+        f"{proxy.url}/v1/feedback",
+        json={"completion_id": answer.id, "rating": "up", "user": "u"},
+        headers=proxy.headers("widget", Origin="https://shop.example"),
+        timeout=10,
+    )
+    assert vote.status_code == 201
+
+
+def test_a_proxied_stream_passes_through_with_the_proxy_id(proxy):
+    chunks = list(
+        proxy.client().chat.completions.create(
+            model="default",
+            messages=MESSAGES,
+            max_tokens=6,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
+    assert {c.id for c in chunks} == {chunks[0].id}
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert chunks[-1].usage.completion_tokens <= 6
+    logged = detail(proxy, chunks[0].id)
+    assert logged["response"] == text
+    assert logged["metadata"]["finish_reason"] in ("stop", "length")
+
+
+def test_models_come_from_the_upstream(proxy, upstream):
+    assert [m.id for m in proxy.client().models.list()] == ["default", upstream.backend.model_name]
+
+
+def test_upstream_errors_keep_their_meaning(proxy, start_server, upstream):
+    with pytest.raises(openai.NotFoundError) as caught:
+        proxy.client().chat.completions.create(model="gpt-9", messages=MESSAGES)
+    assert caught.value.body["code"] == "model_not_found"
+    with pytest.raises(openai.BadRequestError):  # refused by the proxy itself
+        proxy.client().chat.completions.create(model="default", messages=[])
+    wrong_key = start_server(upstream_url=f"{upstream.url}/v1", upstream_api_key="tb_bad_key")
+    with pytest.raises(openai.InternalServerError) as caught:
+        wrong_key.client().chat.completions.create(model="default", messages=MESSAGES)
+    assert caught.value.status_code == 502
+    assert caught.value.body["code"] == "upstream_auth_failed"
+    nowhere = start_server(upstream_url=f"http://127.0.0.1:{free_port()}/v1")
+    with pytest.raises(openai.InternalServerError) as caught:
+        nowhere.client().chat.completions.create(model="default", messages=MESSAGES, stream=True)
+    assert caught.value.status_code == 502
+    assert caught.value.body["code"] == "upstream_unavailable"
