@@ -38,6 +38,7 @@ class TrainConfig:
     dpo: bool = False
     dpo_beta: float = 0.1
     correction_repeats: int = 1  # > 1 weights corrections above thumbs-up positives
+    padding_free: bool = True  # each batch as one unpadded sequence (see build_sft_trainer)
 
     @classmethod
     def from_settings(cls, settings: Any) -> TrainConfig:
@@ -148,20 +149,117 @@ class _LossLogger:
 
 
 def build_sft_trainer(job: TrainJob, model: Any, tokenizer: Any, out_dir: Path) -> Any:
-    """TRL's SFTTrainer on prompt/completion rows: the loss covers the answer only."""
+    """TRL's SFTTrainer on prompt/completion rows: the loss covers the answer only.
+
+    With ``config.padding_free`` (the default) the examples of a batch are laid
+    end to end in one sequence instead of being padded to the longest: no
+    compute is spent on pad tokens. Positions restart at each example, each
+    example attends only to itself (``_varlen_sdpa``) and only answer tokens go
+    through the LM head (``_PaddingFreeLoss``). The batches, the loss and the
+    gradients are those of padded training, so what is learned does not change
+    (tests/retrain/test_train_batching.py); bench/train.py measures the speed.
+    """
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
+    from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
     config = job.config
     args = SFTConfig(**_common_args(config, out_dir), max_length=config.max_length)
-    return SFTTrainer(
+    trainer_class, extra = SFTTrainer, {}
+    if config.padding_free:
+        _use_varlen_attention(model)
+        trainer_class = type("PaddingFreeSFTTrainer", (_PaddingFreeLoss, SFTTrainer), {})
+        # Not `args.padding_free`: TRL then refuses `max_length` without packing,
+        # and packing would regroup the examples into other batches.
+        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        extra["data_collator"] = DataCollatorForLanguageModeling(
+            pad_token_id=pad_id, padding_free=True
+        )
+    return trainer_class(
         model=model,
         args=args,
         train_dataset=Dataset.from_list(_sft_rows(job)),
         processing_class=tokenizer,
         peft_config=lora_config(config),
         callbacks=[_LossLogger(job.run_id, "sft").callback],
+        **extra,
     )
+
+
+VARLEN_ATTENTION = "tuneback_varlen_sdpa"
+
+
+def _varlen_sdpa(module, query, key, value, attention_mask, **kwargs):  # noqa: ANN001, ANN201
+    """Causal SDPA inside each example of a padding-free batch.
+
+    The collator gives the examples' boundaries (``cu_seq_lens_q``); attending
+    within each one gives every token exactly its context when alone. One SDPA
+    call over the whole row would need a dense block-diagonal mask, quadratic in
+    the row's length and mostly masked (several times the attention time on CPU).
+    Anything else (generation, evaluation, DPO's padded batches, sliding-window
+    models) takes stock SDPA with the mask transformers built from the positions.
+    """
+    import torch
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    bounds = kwargs.get("cu_seq_lens_q")
+    if (
+        bounds is None
+        or query.shape[0] != 1
+        or query.shape[2] != key.shape[2]
+        or kwargs.get("sliding_window") is not None
+    ):
+        return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+    lengths = bounds.diff().tolist()
+    # split (not slicing) so that the backward is one cat, not a zero-filled
+    # full-size gradient per example
+    q_parts, k_parts, v_parts = (t.split(lengths, dim=2) for t in (query, key, value))
+    outputs = [
+        torch.nn.functional.scaled_dot_product_attention(
+            q,
+            k,
+            v,
+            dropout_p=kwargs.get("dropout", 0.0),
+            scale=kwargs.get("scaling"),
+            is_causal=True,
+            enable_gqa=query.shape[1] != key.shape[1],
+        )
+        for q, k, v in zip(q_parts, k_parts, v_parts, strict=True)
+    ]
+    return torch.cat(outputs, dim=2).transpose(1, 2).contiguous(), None
+
+
+def _use_varlen_attention(model: Any) -> None:
+    """Switch an SDPA model to ``_varlen_sdpa`` (flash attention is varlen already)."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    AttentionInterface.register(VARLEN_ATTENTION, _varlen_sdpa)
+    AttentionMaskInterface.register(VARLEN_ATTENTION, sdpa_mask)
+    if model.config._attn_implementation == "sdpa":
+        model.set_attn_implementation(VARLEN_ATTENTION)
+
+
+class _PaddingFreeLoss:
+    """Mixin for SFTTrainer: the padding-free loss, with LM-head logits for answer tokens only.
+
+    The sum of the answer tokens' cross-entropy over their count, as in padded
+    training; prompt positions, most of the tokens of chat data, never reach the
+    vocabulary-wide LM head (TRL's fused head scores every position off GPU).
+    """
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):  # noqa: ANN001, ANN201
+        import torch
+
+        if return_outputs or self.aux_loss_enabled or "cu_seq_lens_q" not in inputs:
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        inputs = dict(inputs)
+        targets = inputs.pop("labels")[0, 1:]  # the collator masked each example's first label
+        keep = (targets != -100).nonzero().squeeze(-1)
+        logits = model(**inputs, logits_to_keep=keep, use_cache=False).logits[0]
+        count = keep.numel() if num_items_in_batch is None else num_items_in_batch
+        loss = torch.nn.functional.cross_entropy(logits.float(), targets[keep], reduction="sum")
+        return loss / torch.as_tensor(count).clamp(min=1)
 
 
 def _train_sft(job: TrainJob, model: Any, tokenizer: Any, out_dir: Path) -> tuple[Any, dict]:
