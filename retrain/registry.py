@@ -56,6 +56,7 @@ from feedback.adapter_files import chunks as _chunks
 from feedback.adapter_files import list_files as _list_files
 from feedback.adapter_files import refuse_pickles as _refuse_pickles
 from feedback.db import write_session
+from feedback.durable import fsync_dir
 from feedback.exceptions import InvalidInputError, TunebackError
 from feedback.models import AdapterVersion, utcnow
 
@@ -85,14 +86,6 @@ def _checkpoint(step: str) -> None:
 
 
 # --- crash-safe file writing ---------------------------------------------------
-
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _write_durably(target: Path, chunks: Iterable[bytes]) -> str:
@@ -125,7 +118,7 @@ def _stage(source: Path, files: builtins.list[str], staging: Path, extra: dict[s
     checksums = _json_bytes({"algorithm": "sha256", "files": digests})
     _write_durably(staging / CHECKSUMS, [checksums])
     for folder in sorted({(staging / name).parent for name in digests}, reverse=True):
-        _fsync_dir(folder)
+        fsync_dir(folder)
     return hashlib.sha256(checksums).hexdigest()
 
 
@@ -279,7 +272,7 @@ class Registry:
                     entry.unlink()
                 removed.append(entry)
         if removed:
-            _fsync_dir(self.root)
+            fsync_dir(self.root)
         current = self.promoted()
         self._write_pointer(current.version if current else None)
         return removed
@@ -320,7 +313,7 @@ class Registry:
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
-        _fsync_dir(self.root)
+        fsync_dir(self.root)
         return checksum
 
     def _registered(self, version: str) -> bool:
@@ -351,7 +344,7 @@ class Registry:
         _write_durably(staging, [f"{version or ''}\n".encode()])
         _checkpoint("pointer_staged")
         os.replace(staging, self.root / POINTER)
-        _fsync_dir(self.root)
+        fsync_dir(self.root)
 
 
 def _generated_files(

@@ -295,16 +295,6 @@ def test_a_pointer_that_cannot_be_written_does_not_undo_a_promotion(registry, tm
     assert "could not update" in caplog.text
 
 
-def test_the_registry_and_gate_load_no_torch():
-    code = (
-        "import sys, retrain.registry, retrain.gate;"
-        "bad = [m for m in ('torch', 'transformers', 'serve', 'numpy') if m in sys.modules];"
-        "print(bad); sys.exit(1 if bad else 0)"
-    )
-    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
-    assert done.returncode == 0, done.stdout + done.stderr
-
-
 def test_a_rejected_adapter_is_promoted_only_with_force(registry, tmp_path, engine):
     gate = {"passed": False, "reasons": ["heldout_overlap 0.5 vs champion 0.5 (+0 < margin 0.01)"]}
     add(registry, tmp_path, status="rejected", gate=gate)
