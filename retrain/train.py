@@ -52,7 +52,10 @@ class TrainConfig:
             max_length=settings.max_example_tokens,
             seed=settings.seed,
             dpo=settings.train_dpo,
-            correction_repeats=max(1, round(1 / settings.positive_weight)),
+            # Weighting only matters when thumbs-up positives share the set.
+            correction_repeats=(
+                max(1, round(1 / settings.positive_weight)) if settings.include_positives else 1
+            ),
         )
 
 
