@@ -24,17 +24,9 @@ from feedback.models import (
     Completion,
     Correction,
     Feedback,
+    new_id,
     utcnow,
 )
-
-
-def _dialect_insert(dialect: str) -> Any:
-    if dialect == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-    else:
-        from sqlalchemy.dialects.sqlite import insert
-    return insert
-
 
 # --- completions ---------------------------------------------------------------
 
@@ -48,8 +40,12 @@ def create_completion(
     adapter_version: str | None = None,
     metadata: dict[str, Any] | None = None,
     api_key_id: str | None = None,
+    completion_id: str | None = None,
 ) -> Completion:
+    """Log a served completion. ``completion_id`` lets a streaming server hand
+    the id to its client before the answer (and so the row) exists."""
     completion = Completion(
+        id=completion_id or new_id(),
         messages=messages,
         response=response,
         model=model,

@@ -15,8 +15,9 @@ from typing import Any
 
 from sqlalchemy import Engine
 
+from feedback import store
 from feedback.db import write_session
-from feedback.models import Completion, new_id
+from feedback.models import new_id
 
 
 @dataclass
@@ -109,16 +110,15 @@ def log_completion(
 ) -> None:
     """Store the served completion under ``call.id`` (one short write transaction)."""
     with write_session(call.sql) as session:
-        session.add(
-            Completion(
-                id=call.id,
-                messages=messages,
-                response=response,
-                model=model,
-                adapter_version=adapter_version,
-                meta=metadata,
-                api_key_id=call.api_key_id,
-            )
+        store.create_completion(
+            session,
+            completion_id=call.id,
+            messages=messages,
+            response=response,
+            model=model,
+            adapter_version=adapter_version,
+            metadata=metadata,
+            api_key_id=call.api_key_id,
         )
         session.commit()
     if call.metrics is not None:
