@@ -214,12 +214,10 @@ class LocalBackend:
                 "stop": list(job.stops),
             },
         }
-        if request.user is not None:
-            metadata["user"] = request.user
-        if request.metadata:
-            metadata["request_metadata"] = request.metadata
         log_completion(
             call,
+            user=request.user,
+            request_metadata=request.metadata,
             messages=messages,
             response=job.text,
             model=self.model_name,

@@ -137,12 +137,10 @@ class ProxyBackend:
                 exclude_none=True,
             ),  # fmt: skip
         }
-        if request.user is not None:
-            metadata["user"] = request.user
-        if request.metadata:
-            metadata["request_metadata"] = request.metadata
         log_completion(
             call,
+            user=request.user,
+            request_metadata=request.metadata,
             messages=request.plain_messages(),
             response=text,
             model=response.model or request.model,

@@ -107,8 +107,15 @@ def log_completion(
     model: str,
     adapter_version: str | None,
     metadata: dict[str, Any],
+    user: str | None = None,
+    request_metadata: dict[str, Any] | None = None,
 ) -> None:
-    """Store the served completion under ``call.id`` (one short write transaction)."""
+    """Store the served completion under ``call.id`` (one short write transaction),
+    with the caller's ``user`` and ``metadata`` request fields when given."""
+    if user is not None:
+        metadata = {**metadata, "user": user}
+    if request_metadata:
+        metadata = {**metadata, "request_metadata": request_metadata}
     with write_session(call.sql) as session:
         store.create_completion(
             session,
