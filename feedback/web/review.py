@@ -1,0 +1,112 @@
+"""The agents' review console: the thumbs-down queue, one answer to correct, the history."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from flask import current_app, flash, redirect, request, url_for
+
+from feedback import rawsql, store
+from feedback.context import request_session
+from feedback.exceptions import NotFoundError
+from feedback.web.pages import current_user, page_blueprint, render, sign_in_required
+from feedback.web.queries import recent_corrections
+
+bp = page_blueprint("review", __name__)
+PAGE = 20
+
+
+def message_text(content: Any) -> str:
+    """A chat message's content as plain text (lists of parts are shown as JSON)."""
+    return content if isinstance(content, str) else json.dumps(content, ensure_ascii=False)
+
+
+def last_user_message(messages: list[dict[str, Any]]) -> str:
+    for message in reversed(messages or []):
+        if isinstance(message, dict) and message.get("role") == "user":
+            return message_text(message.get("content", ""))
+    return ""
+
+
+@bp.app_template_filter("message_text")
+def _message_text_filter(content: Any) -> str:
+    return message_text(content)
+
+
+@bp.get("/review")
+@sign_in_required("agent")
+def queue():
+    """Thumbs-down answers that nobody has corrected yet, newest vote first."""
+    offset = max(0, request.args.get("offset", 0, type=int) or 0)
+    rows, total = store.review_queue(request_session(), limit=PAGE, offset=offset)
+    items = [
+        {"completion": c, "down_votes": n, "last_down_at": last,
+         "question": last_user_message(c.messages)}
+        for c, n, last in rows
+    ]  # fmt: skip
+    return render("review_queue.html", items=items, total=total, offset=offset, page=PAGE)
+
+
+@bp.get("/review/<completion_id>")
+@sign_in_required("agent")
+def item(completion_id: str):
+    """One answer: the conversation, its votes and comments, its corrections, the form."""
+    try:
+        completion, votes, fixes = store.completion_detail(request_session(), completion_id)
+    except NotFoundError:
+        return render("forbidden.html", status=404, message="No such answer.")
+    return render(
+        "review_item.html",
+        completion=completion,
+        votes=votes,
+        corrections=list(reversed(fixes)),
+        draft=request.args.get("draft"),
+    )
+
+
+@bp.post("/review/<completion_id>")
+@sign_in_required("agent")
+def correct(completion_id: str):
+    """Store the corrected answer, then go back to the queue (the item has left it)."""
+    text = request.form.get("corrected_response", "")
+    note = request.form.get("note", "").strip() or None
+    problem = _check_text(text, note)
+    if problem:
+        flash(problem, "error")
+        return redirect(url_for("review.item", completion_id=completion_id), code=303)
+    session = request_session()
+    try:
+        with rawsql.session_write(session):
+            store.add_correction(
+                session,
+                completion_id=completion_id,
+                corrected_response=text,
+                note=note,
+                author=current_user().actor,
+            )
+    except NotFoundError:
+        return render("forbidden.html", status=404, message="No such answer.")
+    current_app.extensions["tuneback"].metrics.corrections.inc()
+    flash("Correction saved; the answer has left the queue.", "ok")
+    return redirect(url_for("review.queue"), code=303)
+
+
+def _check_text(text: str, note: str | None) -> str | None:
+    """What is wrong with a submitted correction, in words, or None."""
+    limit = current_app.extensions["tuneback"].settings.max_text_chars
+    if not text.strip():
+        return "The corrected answer is empty."
+    if len(text) > limit or (note and len(note) > limit):
+        return f"Texts may hold at most {limit} characters."
+    if "\x00" in text or (note and "\x00" in note):
+        return "Texts may not contain NUL characters."
+    return None
+
+
+@bp.get("/review/history")
+@sign_in_required("agent")
+def history():
+    """The latest corrections, by whom, and whether a later one superseded them."""
+    rows = recent_corrections(request_session(), limit=50)
+    return render("review_history.html", rows=rows)
