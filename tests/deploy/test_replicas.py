@@ -1,0 +1,112 @@
+"""Replica heartbeats and rollout status in the store, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import time
+from datetime import timedelta
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from feedback import replicas
+from feedback.db import write_session
+from feedback.models import ServingReplica, utcnow
+
+
+def beat(engine, replica_id: str, serving: str | None, **extra) -> None:  # noqa: ANN001, ANN003
+    with write_session(engine) as session:
+        replicas.record_heartbeat(
+            session, replica_id=replica_id, host="h", url=f"http://{replica_id}", pid=1,
+            serving=serving, **extra,
+        )  # fmt: skip
+        session.commit()
+
+
+def age(engine, replica_id: str, seconds: float) -> None:  # noqa: ANN001
+    with write_session(engine) as session:
+        session.execute(
+            update(ServingReplica)
+            .where(ServingReplica.id == replica_id)
+            .values(last_seen=utcnow() - timedelta(seconds=seconds))
+        )
+        session.commit()
+
+
+def test_a_heartbeat_upserts_one_row_per_replica(engine):
+    beat(engine, "a:1", None)
+    beat(engine, "a:1", "v0001")
+    beat(engine, "b:1", "v0001")
+    with Session(engine) as session:
+        rows = session.execute(select(ServingReplica).order_by(ServingReplica.id)).scalars().all()
+        assert [(r.id, r.serving) for r in rows] == [("a:1", "v0001"), ("b:1", "v0001")]
+        replicas.forget_replica(session, replica_id="a:1")
+        session.commit()
+        assert [r.id for r in replicas.live_replicas(session, stale_seconds=10)] == ["b:1"]
+
+
+def test_rollout_status_ignores_stale_replicas_and_names_the_others(engine):
+    beat(engine, "on", "v0002")
+    beat(engine, "behind", "v0001")
+    beat(engine, "dead", "v0001")
+    age(engine, "dead", 60)
+    beat(engine, "broken", "v0001", refused="v0002", refused_reason="checksum mismatch")
+    with Session(engine) as session:
+        rollout = replicas.rollout_status(session, version="v0002", stale_seconds=10)
+        base = replicas.rollout_status(session, version=None, stale_seconds=10)
+    assert [r.id for r in rollout.on] == ["on"]
+    assert [r.id for r in rollout.behind] == ["behind"]
+    assert [r.id for r in rollout.refused] == ["broken"]
+    assert not rollout.done
+    report = rollout.report()
+    assert "v0002 not yet on: behind (http://behind) serving v0001" in report
+    assert "broken refused it: checksum mismatch" in report and "dead" not in report
+    # Rolling back to the base model: nobody serves it, nobody refused it.
+    assert [r.id for r in base.behind] == ["behind", "broken", "on"] and not base.refused
+
+
+def test_wait_for_rollout_ends_when_every_live_replica_serves_the_version(engine):
+    beat(engine, "a", "v0001")
+    started = time.monotonic()
+    timed_out = replicas.wait_for_rollout(
+        engine, version="v0002", timeout=0.5, stale_seconds=10, poll_seconds=0.05
+    )
+    assert not timed_out.done and 0.5 <= time.monotonic() - started < 5
+    assert timed_out.report().startswith("v0002 not yet on: a (http://a) serving v0001")
+    beat(engine, "a", "v0002")
+    done = replicas.wait_for_rollout(engine, version="v0002", timeout=5, stale_seconds=10)
+    assert done.done and done.report() == "v0002 is served by all 1 live replicas (a)"
+
+
+def test_with_no_replica_up_a_rollout_is_done_at_once_and_says_so(engine):
+    rollout = replicas.wait_for_rollout(engine, version="v0003", timeout=30, stale_seconds=10)
+    assert rollout.done and rollout.waited_s < 5
+    assert "no serving replica is up" in rollout.report()
+
+
+def test_the_heartbeat_thread_reports_and_removes_its_row(settings):
+    from feedback import db
+
+    state = {"serving": None}
+    heart = replicas.Heartbeat(
+        db.make_engine(settings.resolved_database_url), replica_id="me:1", url=None, interval=30
+    )
+    heart.start(lambda: (state["serving"], None, None))
+    reader = db.make_engine(settings.resolved_database_url)
+
+    def row() -> tuple | None:
+        with Session(reader) as session:
+            found = session.get(ServingReplica, "me:1", populate_existing=True)
+            return (found.serving, found.pid > 0) if found else None
+
+    deadline = time.monotonic() + 10
+    while row() != (None, True):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    state["serving"] = "v0007"
+    heart.nudge()  # a swap: reported now, not at the next 30 s beat
+    while row() != ("v0007", True):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    heart.stop()
+    assert row() is None
+    reader.dispose()
