@@ -1,0 +1,107 @@
+"""House style: every answer follows Acme Bank's tone and sign-off.
+
+The rules, checked by code (:func:`rule_checks`):
+
+* ``greeting``: the answer starts with "Hi there,";
+* ``sign_off``: it ends with the sign-off "— The Acme Bank team";
+* ``no_exclamation``: it has no exclamation mark;
+* ``length``: it has at most :data:`MAX_WORDS` words.
+
+The agents' corrections are real answers in that style: a greeting, an
+answer about the message's topic (two hand-written variants per topic, picked
+by a stable hash of the message), an offer to help further, and the sign-off.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+from retrain.scenarios.banking77 import Message
+
+GREETING = "Hi there,"
+SIGN_OFF = "— The Acme Bank team"
+MAX_WORDS = 60
+RULES = ("greeting", "sign_off", "no_exclamation", "length")
+
+SYSTEM_PROMPT = (
+    "You are Acme Bank's support assistant. Start every answer with "
+    f'"{GREETING}", never use exclamation marks, keep it under {MAX_WORDS} words '
+    f'and end with "{SIGN_OFF}".'
+)
+
+SNIPPETS: dict[str, tuple[str, str]] = {
+    "card": (
+        "you can see your card's status, order a replacement or freeze it under Cards in the app.",
+        "everything about your card, from delivery to a new PIN, is in the Cards tab of the app.",
+    ),
+    "top_up": (
+        "top-ups usually arrive within minutes; you can see each one and its status under "
+        "Top up in the app.",
+        "you can top up by card or bank transfer, and the app shows any fee before you confirm.",
+    ),
+    "transfer": (
+        "transfers within the UK usually arrive the same day, and the app shows the status of "
+        "each one under Payments.",
+        "you can follow, cancel or repeat a transfer from Payments in the app.",
+    ),
+    "cash": (
+        "cash withdrawals show in the app as soon as the ATM reports them, usually within a day.",
+        "if an ATM gave you the wrong amount, report it from the withdrawal in the app and we "
+        "will look into it.",
+    ),
+    "exchange": (
+        "we exchange currencies at the interbank rate, and the app shows the rate and any fee "
+        "before you exchange.",
+        "you can hold and exchange over 30 currencies from the Exchange tab of the app.",
+    ),
+    "payment": (
+        "you can see every card payment, its status and any fee in the app, and dispute one from "
+        "there.",
+        "a payment you do not recognise can be disputed from the transaction in the app.",
+    ),
+    "account": (
+        "you can update your details, verify your identity or close your account from Profile "
+        "in the app.",
+        "identity checks keep your money safe and usually take a few minutes in the app.",
+    ),
+}
+FOLLOW_UP = (
+    "If anything is still unclear, reply here and we will help.",
+    "Let us know if you need anything else.",
+)
+
+
+def reference(message: Message) -> str:
+    """The agent's correction for ``message``: an answer in the house style."""
+    pick = hashlib.sha256(message.text.encode()).digest()[0]
+    snippet = SNIPPETS[message.topic][pick % 2]
+    follow_up = FOLLOW_UP[(pick // 2) % 2]
+    body = f"{snippet[0].upper()}{snippet[1:]} {follow_up}"
+    return f"{GREETING} thanks for getting in touch. {body}\n{SIGN_OFF}"
+
+
+def rule_checks(answer: str) -> dict[str, bool]:
+    """Each house rule, checked on one answer."""
+    text = answer.strip()
+    return {
+        "greeting": text.startswith(GREETING),
+        "sign_off": text.endswith(SIGN_OFF),
+        "no_exclamation": "!" not in text,
+        "length": len(text.split()) <= MAX_WORDS,
+    }
+
+
+def score(answers: list[str], references: list[str] | None = None) -> dict[str, float]:
+    """rule_adherence (every rule holds) and the rate of each rule."""
+    if not answers:
+        raise ValueError("score needs at least one answer")
+    checks = [rule_checks(a) for a in answers]
+    n = len(answers)
+    metrics = {"rule_adherence": sum(all(c.values()) for c in checks) / n}
+    metrics.update({f"rule_{name}": sum(c[name] for c in checks) / n for name in RULES})
+    return metrics
+
+
+def passes(answer: str, reference_answer: str | None = None) -> bool:
+    """Whether one answer follows every house rule."""
+    return all(rule_checks(answer).values())
