@@ -1,0 +1,203 @@
+"""Erasure: remove one end user's, or one completion's, data from the store.
+
+``tuneback erase --user REF`` and ``tuneback erase --completion ID`` call
+:func:`plan_erasure` then :func:`erase`, in one transaction: either every row
+goes or none does.
+
+What goes. For a user: every vote they cast (with its comment) and every
+completion logged with ``metadata.user`` equal to REF (the conversation, the
+answer), with all votes and corrections of those completions. For a
+completion: it, its votes and its corrections. In both cases the idempotency
+records whose stored answers name an erased row (their bodies can repeat a
+comment or a correction) go too.
+
+What stays, and why. Lineage rows (``dataset_example``: a dataset id, an
+example id, a completion id; no text) stay, so that the adapters trained on
+erased rows can be listed now and later. The erasure report lists those
+adapters and the dataset snapshot folders on disk that still hold the rows'
+(scrubbed) text: retraining without them, and deleting or rebuilding those
+folders, is the operator's decision, not something a command should do behind
+their back. The next dataset built does not contain the rows: they no longer
+exist.
+
+The audit line (:meth:`ErasurePlan.audit`) holds counts, the erased row ids
+(random, meaningless once the rows are gone) and the adapters; never the user
+reference or any text.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import delete, or_, select
+from sqlalchemy.orm import Session
+from sqlmodel import col
+
+from feedback.exceptions import InvalidInputError, NotFoundError
+from feedback.models import (
+    AdapterVersion,
+    Completion,
+    Correction,
+    DatasetExample,
+    DatasetSnapshot,
+    Feedback,
+    IdempotencyRecord,
+    utcnow,
+)
+
+CHUNK = 200  # ids per IN (...) or LIKE group, well under every driver's parameter limit
+
+
+@dataclass
+class ErasurePlan:
+    """The rows an erasure removes, and what was trained on them."""
+
+    by: str  # "user" | "completion"
+    completion_ids: list[str] = field(default_factory=list)
+    vote_ids: list[str] = field(default_factory=list)
+    correction_ids: list[str] = field(default_factory=list)
+    idempotency_keys: list[tuple[str, str]] = field(default_factory=list)
+    adapters: list[dict[str, Any]] = field(default_factory=list)
+    datasets: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def empty(self) -> bool:
+        return not (self.completion_ids or self.vote_ids or self.correction_ids)
+
+    def counts(self) -> dict[str, int]:
+        return {
+            "completions": len(self.completion_ids),
+            "votes": len(self.vote_ids),
+            "corrections": len(self.correction_ids),
+            "idempotency_records": len(self.idempotency_keys),
+        }
+
+    def audit(self, *, dry_run: bool) -> dict[str, Any]:
+        """One JSON-ready line for the audit log, free of personal data."""
+        return {
+            "at": utcnow().isoformat(),
+            "action": "erase",
+            "by": self.by,
+            "dry_run": dry_run,
+            "counts": self.counts(),
+            "completion_ids": self.completion_ids,
+            "vote_ids": self.vote_ids,
+            "adapters": [a["version"] for a in self.adapters],
+        }
+
+
+def plan_erasure(
+    session: Session, *, user: str | None = None, completion_id: str | None = None
+) -> ErasurePlan:
+    """What erasing ``user`` (a vote's ``user`` / a completion's ``metadata.user``)
+    or ``completion_id`` would remove. Reads only. Exactly one must be given."""
+    if (user is None) == (completion_id is None):
+        raise InvalidInputError("give exactly one of a user reference or a completion id")
+    if completion_id is not None:
+        if session.get(Completion, completion_id) is None:
+            raise NotFoundError(f"completion {completion_id!r} does not exist")
+        plan, voted_on = ErasurePlan("completion", [completion_id]), set()
+    else:
+        if not user or not user.strip():
+            raise InvalidInputError("the user reference is empty")
+        owned = select(Completion.id).where(col(Completion.meta)["user"].as_string() == user)
+        plan = ErasurePlan("user", sorted(session.execute(owned).scalars()))
+        own_votes = session.execute(
+            select(Feedback.id, Feedback.completion_id).where(Feedback.user_ref == user)
+        ).all()
+        plan.vote_ids = [vote_id for vote_id, _ in own_votes]
+        voted_on = {cid for _, cid in own_votes} - set(plan.completion_ids)
+    for ids in _chunks(plan.completion_ids):
+        plan.vote_ids += session.execute(
+            select(Feedback.id).where(col(Feedback.completion_id).in_(ids))
+        ).scalars()
+        plan.correction_ids += session.execute(
+            select(Correction.id).where(col(Correction.completion_id).in_(ids))
+        ).scalars()
+    plan.vote_ids = sorted(set(plan.vote_ids))
+    plan.correction_ids.sort()
+    plan.idempotency_keys = _idempotency_keys(
+        session, [*plan.completion_ids, *plan.vote_ids, *plan.correction_ids]
+    )
+    plan.adapters, plan.datasets = _trained_on(session, plan.completion_ids, voted_on)
+    return plan
+
+
+def erase(session: Session, plan: ErasurePlan) -> None:
+    """Delete the planned rows. The caller commits (or rolls back: nothing changes)."""
+    for keys in _chunks(plan.idempotency_keys):
+        session.execute(
+            delete(IdempotencyRecord).where(
+                or_(
+                    *(
+                        (IdempotencyRecord.api_key_id == owner) & (IdempotencyRecord.key == key)
+                        for owner, key in keys
+                    )
+                )
+            )
+        )
+    for model, ids in (
+        (Feedback, plan.vote_ids),
+        (Correction, plan.correction_ids),
+        (Completion, plan.completion_ids),
+    ):
+        for chunk in _chunks(ids):
+            session.execute(delete(model).where(col(model.id).in_(chunk)))
+    session.flush()
+
+
+def _idempotency_keys(session: Session, ids: list[str]) -> list[tuple[str, str]]:
+    """Records whose stored answer names one of ``ids`` (row ids are 32 hex
+    characters, so a substring match cannot hit another id by accident)."""
+    found: set[tuple[str, str]] = set()
+    for chunk in _chunks(ids):
+        rows = session.execute(
+            select(IdempotencyRecord.api_key_id, IdempotencyRecord.key).where(
+                or_(*(col(IdempotencyRecord.response_body).contains(i) for i in chunk))
+            )
+        ).all()
+        found.update((owner, key) for owner, key in rows)
+    return sorted(found)
+
+
+def _trained_on(
+    session: Session, erased: list[str], voted_on: set[str]
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Adapters, and dataset snapshots, whose datasets held an erased completion,
+    or a thumbs-up positive the user's vote helped make."""
+    dataset_ids: set[str] = set()
+    for chunk in _chunks(erased):
+        dataset_ids.update(
+            session.execute(
+                select(DatasetExample.dataset_id).where(
+                    col(DatasetExample.completion_id).in_(chunk)
+                )
+            ).scalars()
+        )
+    for chunk in _chunks(sorted(voted_on)):
+        dataset_ids.update(
+            session.execute(
+                select(DatasetExample.dataset_id).where(
+                    col(DatasetExample.completion_id).in_(chunk), DatasetExample.kind == "positive"
+                )
+            ).scalars()
+        )
+    adapters, datasets = [], []
+    for chunk in _chunks(sorted(dataset_ids)):
+        for a in session.execute(
+            select(AdapterVersion).where(col(AdapterVersion.dataset_id).in_(chunk))
+        ).scalars():
+            adapters.append({"version": a.version, "status": a.status, "dataset_id": a.dataset_id})
+        for d in session.execute(
+            select(DatasetSnapshot).where(col(DatasetSnapshot.id).in_(chunk))
+        ).scalars():
+            datasets.append({"id": d.id, "path": d.path})
+    return sorted(adapters, key=lambda a: a["version"]), sorted(datasets, key=lambda d: d["id"])
+
+
+def _chunks(items: Iterable[Any]) -> Iterable[list[Any]]:
+    items = list(items)
+    for start in range(0, len(items), CHUNK):
+        yield items[start : start + CHUNK]

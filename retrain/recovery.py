@@ -1,0 +1,95 @@
+"""Recovery from a retrain cycle that was killed outright (SIGKILL, power cut).
+
+Such a cycle records nothing, so the next one cleans up after it, under the
+cycle lease: it takes the lease over when its holder is a dead process on this
+machine (:func:`holder_process`, :func:`alive`; a holder on another machine is
+left to expire), marks the dead run ``failed`` with an ``abandoned`` error, and
+removes what the run left half-written (:func:`recover`). Training and
+evaluation children die with the cycle (:func:`die_with_parent`), so nothing
+keeps training for a run that no longer exists.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import shutil
+import signal
+from pathlib import Path
+
+from sqlalchemy import Engine, select, update
+from sqlmodel import col
+
+from feedback.db import write_session
+from feedback.models import DatasetSnapshot, RetrainRun, utcnow
+from feedback.settings import Settings
+from retrain.registry import Registry
+
+log = logging.getLogger("retrain.cycle")
+
+
+def die_with_parent() -> None:
+    """In the forked child, before exec: SIGKILL me when my parent dies (Linux)."""
+    ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+
+
+def holder_process(holder: str) -> tuple[str, int | None]:
+    """(host, pid) of a lease holder named ``host:pid:tag``."""
+    host, _, rest = holder.rpartition(":")[0].rpartition(":")
+    try:
+        return host, int(rest)
+    except ValueError:
+        return host, None
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie (killed, not yet reaped by its parent) is dead too
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def recover(settings: Settings, engine: Engine, run: RetrainRun) -> None:
+    """Clean up after cycles that died without finishing (we hold the lease now).
+
+    Their runs become ``failed`` (abandoned), their work folders go, and so do
+    dataset folders without a row and adapter folders without a row
+    (:meth:`Registry.recover`, which also rewrites ``CURRENT``).
+    """
+    with write_session(engine) as session:
+        dead = list(
+            session.execute(
+                select(RetrainRun.id).where(
+                    col(RetrainRun.finished_at).is_(None),
+                    RetrainRun.id != run.id,
+                    RetrainRun.started_at <= run.started_at,
+                )
+            ).scalars()
+        )
+        if dead:
+            session.execute(
+                update(RetrainRun)
+                .where(col(RetrainRun.id).in_(dead))
+                .values(status="failed", finished_at=utcnow(),
+                        error=f"abandoned: the process died; found by run {run.id}")
+            )  # fmt: skip
+        snapshots = set(session.execute(select(DatasetSnapshot.id)).scalars())
+        session.commit()
+    removed = [settings.data_dir / "runs" / run_id for run_id in dead]
+    datasets = settings.data_dir / "datasets"
+    if datasets.is_dir():
+        removed += [d for d in datasets.iterdir() if d.is_dir() and d.name not in snapshots]
+    for folder in removed:
+        shutil.rmtree(folder, ignore_errors=True)
+    removed += Registry(settings.data_dir / "adapters", engine).recover()
+    for run_id in dead:
+        log.warning("run %s: marked run %s failed (abandoned: its process died)", run.id, run_id)
+    if removed:
+        log.info("run %s: removed %d folders left by crashed runs", run.id, len(removed))
