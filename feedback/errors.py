@@ -9,11 +9,11 @@ that reveals nothing.
 from __future__ import annotations
 
 import logging
-from typing import IO
+from typing import IO, Any
 
 from apiflask import APIFlask
 from apiflask.exceptions import HTTPError
-from flask import Request, jsonify
+from flask import Request, current_app, jsonify
 from werkzeug.exceptions import BadRequest, HTTPException, RequestEntityTooLarge
 from werkzeug.utils import cached_property
 from werkzeug.wsgi import LimitedStream
@@ -116,7 +116,83 @@ def _validation_message(detail: dict) -> str:
     return "; ".join(parts) or "the request is not valid"
 
 
+NO_NUL = "^[^\\u0000]*$"
+# Fields the views cut to the deployment's max_text_chars (``limit_text``).
+LIMITED_TEXT = frozenset({"response", "comment", "corrected_response", "note"})
+# Free-form metadata: any JSON whose strings and keys hold no NUL.
+JSON_VALUE = {
+    "anyOf": [
+        {"type": "string", "pattern": NO_NUL},
+        {"type": ["number", "boolean", "null"]},
+        {"type": "array", "items": {"$ref": "#/components/schemas/JSONValue"}},
+        {
+            "type": "object",
+            "propertyNames": {"pattern": NO_NUL},
+            "additionalProperties": {"$ref": "#/components/schemas/JSONValue"},
+        },
+    ]
+}
+
+
+def document_input_rules(spec: dict[str, Any]) -> dict[str, Any]:
+    """Make /openapi.json state the input rules the handlers enforce.
+
+    Without this the spec calls bodies optional (a POST without one is a 400),
+    allows NUL characters and texts up to the schema's ceiling rather than this
+    deployment's ``max_text_chars`` (both 422). A client, or a fuzzer, that
+    follows the spec should never meet a refusal the spec did not announce.
+    """
+    schemas = spec.get("components", {}).get("schemas", {})
+    limit = current_app.extensions["tuneback"].settings.max_text_chars
+    inputs: set[str] = set()
+    for operations in spec.get("paths", {}).values():
+        for operation in operations.values():
+            body = operation.get("requestBody") if isinstance(operation, dict) else None
+            if body:
+                body["required"] = True
+                _collect_refs(body, schemas, inputs)
+    for name in inputs:
+        _tighten_strings(schemas[name], limit)
+        meta = schemas[name].get("properties", {}).get("metadata")
+        if meta is not None and meta.get("additionalProperties") is True:
+            schemas["JSONValue"] = JSON_VALUE
+            meta["propertyNames"] = {"pattern": NO_NUL}
+            meta["additionalProperties"] = {"$ref": "#/components/schemas/JSONValue"}
+    return spec
+
+
+def _collect_refs(node: Any, schemas: dict[str, Any], seen: set[str]) -> None:
+    if isinstance(node, dict):
+        ref = node.get("$ref", "")
+        name = ref.rsplit("/", 1)[-1] if ref.startswith("#/components/schemas/") else None
+        if name and name not in seen and name in schemas:
+            seen.add(name)
+            _collect_refs(schemas[name], schemas, seen)
+        for value in node.values():
+            _collect_refs(value, schemas, seen)
+    elif isinstance(node, list):
+        for value in node:
+            _collect_refs(value, schemas, seen)
+
+
+def _tighten_strings(node: Any, limit: int, field: str = "") -> None:
+    """Free-text strings of a request schema: no NUL; the fields the views
+    limit at most ``limit`` characters."""
+    if isinstance(node, dict):
+        if node.get("type") == "string" and "enum" not in node and "format" not in node:
+            node.setdefault("pattern", NO_NUL)
+            if field in LIMITED_TEXT and node.get("maxLength", 0) > limit:
+                node["maxLength"] = limit
+        for key, value in node.items():
+            _tighten_strings(value, limit, field if key in ("anyOf", "oneOf") else key)
+    elif isinstance(node, list):
+        for value in node:
+            _tighten_strings(value, limit, field)
+
+
 def register_error_handlers(app: APIFlask) -> None:
+    app.spec_processor(document_input_rules)
+
     @app.errorhandler(TunebackError)
     def _domain(error: TunebackError):
         retry_after = getattr(error, "retry_after", None)
@@ -145,7 +221,8 @@ def register_error_handlers(app: APIFlask) -> None:
 
     @app.errorhandler(RecursionError)
     def _too_deep(_error: RecursionError):
-        return error_response(400, "invalid_json", "the JSON body is nested too deeply")
+        # Valid JSON, but deeper than the parser goes: refused like any over-deep input.
+        return error_response(422, "invalid_input", "the JSON body is nested too deeply")
 
     @app.errorhandler(Exception)
     def _unexpected(error: Exception):

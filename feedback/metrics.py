@@ -1,21 +1,62 @@
 """Prometheus metrics: request counts and latencies, and domain counters.
 
 Each app gets its own registry, so tests can build many apps in one process.
+
+Under several gunicorn workers each worker counts its own requests, so a
+scrape would see whichever worker answered. With ``PROMETHEUS_MULTIPROC_DIR``
+set before the workers start (``tuneback api`` and
+``deploy/gunicorn/api.py`` do it), prometheus_client keeps every worker's
+values in files there, and ``/metrics`` adds them up across the workers.
+
+``tuneback_poisoning_alerts{kind}`` reports the alerts of the last finished
+retrain run (vote floods, suspect trigger tokens), read from the store at
+scrape time (at most every ``ALERTS_TTL_S`` seconds), so every worker agrees.
 """
 
 from __future__ import annotations
 
+import logging
+import os
 import time
 from typing import Any
 
-from flask import Request, Response
+from flask import Request, Response, current_app
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from sqlalchemy.exc import SQLAlchemyError
+
+log = logging.getLogger(__name__)
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+ALERT_KINDS = ("vote_flood", "trigger_suspect")
+ALERTS_TTL_S = 15.0
+
+
+def multiprocess_dir() -> str | None:
+    """The folder the workers of this server share their metric values in, if any."""
+    return os.environ.get(MULTIPROC_ENV) or None
+
+
+def _use_multiprocess_values() -> None:
+    """File-backed values for the metrics made from now on in this process.
+
+    prometheus_client picks its value class when it is first imported; if that
+    happened before the folder was set (an import in the gunicorn master), pick
+    again, so the workers' counters still land in the shared folder.
+    """
+    from prometheus_client import values
+
+    if values.ValueClass is values.MutexValue:
+        values.ValueClass = values.get_value_class()
 
 
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
+        self.multiprocess_dir = multiprocess_dir()
+        if self.multiprocess_dir:
+            os.makedirs(self.multiprocess_dir, exist_ok=True)
+            _use_multiprocess_values()
         self.requests = Counter(
             "tuneback_http_requests",
             "HTTP requests answered",
@@ -42,6 +83,8 @@ class Metrics:
         # label set once (these caches grow exactly as the metrics themselves do).
         self._children: dict[tuple, tuple] = {}
         self._votes: dict[tuple[str, str], Any] = {}
+        self.alerts = PoisoningAlerts()
+        self.registry.register(self.alerts)
 
     def finish(self, request: Request, response: Response, start: float | None) -> Response:
         """Call on each response: counts it and records its latency since ``start``."""
@@ -65,4 +108,50 @@ class Metrics:
         child.inc()
 
     def render(self) -> Response:
-        return Response(generate_latest(self.registry), mimetype=CONTENT_TYPE_LATEST)
+        """This process's metrics, or every worker's added up in multiprocess mode."""
+        registry = self.registry
+        if self.multiprocess_dir:
+            from prometheus_client import multiprocess
+
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry, path=self.multiprocess_dir)
+            registry.register(self.alerts)
+        return Response(generate_latest(registry), mimetype=CONTENT_TYPE_LATEST)
+
+
+class PoisoningAlerts:
+    """A collector: the last finished retrain run's alerts, counted by kind."""
+
+    def __init__(self) -> None:
+        self._cached: tuple[float, dict[str, int]] | None = None
+
+    def collect(self):  # noqa: ANN201 - a generator of metric families
+        gauge = GaugeMetricFamily(
+            "tuneback_poisoning_alerts",
+            "Alerts of the last finished retrain run: vote floods, suspect trigger tokens",
+            labels=["kind"],
+        )
+        for kind, count in self._counts().items():
+            gauge.add_metric([kind], count)
+        yield gauge
+
+    def _counts(self) -> dict[str, int]:
+        now = time.monotonic()
+        if self._cached and self._cached[0] > now:
+            return self._cached[1]
+        counts = dict.fromkeys(ALERT_KINDS, 0)
+        try:
+            from sqlalchemy.orm import Session
+
+            from feedback.store import latest_run_alerts
+
+            with Session(current_app.extensions["tuneback"].engine) as session:
+                for alert in latest_run_alerts(session):
+                    counts[alert.get("kind", "other")] = counts.get(alert.get("kind"), 0) + 1
+        except RuntimeError:  # no app context (a registry collected outside a request)
+            return counts
+        except SQLAlchemyError:  # the store is down: /metrics still answers
+            log.warning("could not read the poisoning alerts", exc_info=True)
+            return counts
+        self._cached = (now + ALERTS_TTL_S, counts)
+        return counts

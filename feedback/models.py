@@ -220,3 +220,24 @@ class Lease(SQLModel, table=True):
     name: str = Field(primary_key=True, max_length=64)
     holder: str = Field(max_length=200)
     expires_at: datetime = Field(sa_type=DateTime(timezone=True))
+
+
+class ServingReplica(SQLModel, table=True):
+    """A serving process's heartbeat: which adapter it serves, and when it last said so.
+
+    Each replica upserts its row every few seconds and deletes it when it stops
+    cleanly; promotion waits until every replica seen recently reports the new
+    version (:mod:`feedback.replicas`).
+    """
+
+    __tablename__ = "serving_replica"
+
+    id: str = Field(primary_key=True, max_length=200)
+    host: str = Field(max_length=255)
+    url: str | None = Field(default=None, max_length=500)
+    pid: int = 0
+    serving: str | None = Field(default=None, max_length=64)  # None: the base model
+    refused: str | None = Field(default=None, max_length=64)  # latest version it refused
+    refused_reason: str | None = Field(default=None, sa_column=Column(Text))
+    started_at: datetime = _ts()
+    last_seen: datetime = _ts(index=True)

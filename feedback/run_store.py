@@ -66,7 +66,11 @@ def corrected_and_rated(session: Session) -> Iterable[dict[str, Any]]:
 
 
 def record_dataset(
-    session: Session, *, content_hash: str, counts: dict, path: str | None,
+    session: Session,
+    *,
+    content_hash: str,
+    counts: dict,
+    path: str | None,
     examples: Iterable[tuple[str, str, str, str]],
 ) -> DatasetSnapshot:
     """Store a snapshot and its (example id, completion id, split, kind) rows."""
@@ -84,19 +88,23 @@ def record_dataset(
 
 def heldout_completions(session: Session) -> set[str]:
     """Completions held out by any earlier dataset: they stay held out for ever."""
-    return set(session.execute(
-        select(DatasetExample.completion_id).where(DatasetExample.split == "heldout")
-    ).scalars())
+    return set(
+        session.execute(
+            select(DatasetExample.completion_id).where(DatasetExample.split == "heldout")
+        ).scalars()
+    )
 
 
 def trained_example_ids(session: Session) -> set[str]:
     """Training examples of every dataset that produced an adapter."""
     trained = select(AdapterVersion.dataset_id).where(col(AdapterVersion.dataset_id).is_not(None))
-    return set(session.execute(
-        select(DatasetExample.example_id).where(
-            DatasetExample.split == "train", col(DatasetExample.dataset_id).in_(trained)
-        )
-    ).scalars())
+    return set(
+        session.execute(
+            select(DatasetExample.example_id).where(
+                DatasetExample.split == "train", col(DatasetExample.dataset_id).in_(trained)
+            )
+        ).scalars()
+    )
 
 
 # --- runs ----------------------------------------------------------------------------
@@ -123,9 +131,11 @@ def finish_run(session: Session, run_id: str, **changes: Any) -> None:
 
 
 def list_runs(session: Session, *, limit: int = 50) -> list[RetrainRun]:
-    return list(session.execute(
-        select(RetrainRun).order_by(col(RetrainRun.started_at).desc()).limit(limit)
-    ).scalars())
+    return list(
+        session.execute(
+            select(RetrainRun).order_by(col(RetrainRun.started_at).desc()).limit(limit)
+        ).scalars()
+    )
 
 
 def last_scheduled_run(session: Session) -> datetime | None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -67,7 +67,8 @@ class Settings(BaseSettings):
     )
     retrain_cron: str = Field(
         "0 3 * * *",
-        description="When `tuneback scheduler` runs a retrain cycle (crontab syntax, local time).",
+        description="When `tuneback scheduler` runs a retrain cycle (crontab syntax, local time; "
+        "a sixth, leading field gives seconds).",
     )
     retrain_grace_seconds: int = Field(
         6 * 3600,
@@ -118,6 +119,23 @@ class Settings(BaseSettings):
         None,
         description="Optional JSONL of prompts with expected answers or checks that the "
         "candidate must not regress on.",
+    )
+    flood_min_votes: int = Field(
+        10,
+        ge=2,
+        description="Widget votes from first-time users on one completion within "
+        "`TUNEBACK_FLOOD_WINDOW_SECONDS` that make a vote flood: the completion yields no "
+        "thumbs-up positive and an alert is raised.",
+    )
+    flood_window_seconds: float = Field(
+        3600, gt=0, description="The window in which a vote flood is counted."
+    )
+    canary_max_gain: float = Field(
+        0.25,
+        ge=0,
+        le=1,
+        description="Most extra share of canary messages on which a suspect trigger token may "
+        "make the candidate emit its payload, compared with the reference model.",
     )
 
     # --- serving ------------------------------------------------------------------
@@ -183,6 +201,46 @@ class Settings(BaseSettings):
     )
     upstream_api_key: str | None = Field(
         None, description="API key sent to `TUNEBACK_UPSTREAM_URL`."
+    )
+
+    # --- deployment: serving replicas and rollouts ---------------------------------------
+    replica_id: str | None = Field(
+        None,
+        description="Name a serving process reports itself under in the replica table. "
+        "Default: `<hostname>:<port>`, stable across restarts of the same replica.",
+    )
+    replica_heartbeat_seconds: float = Field(
+        2.0,
+        gt=0,
+        description="How often a serving replica records which adapter it serves (and at once "
+        "after each swap).",
+    )
+    replica_stale_seconds: float = Field(
+        15.0,
+        gt=0,
+        description="A replica not heard from for this long counts as down: rollouts stop "
+        "waiting for it.",
+    )
+    rollout_wait_seconds: float = Field(
+        60.0,
+        ge=0,
+        description="How long promote, rollback and retrain wait for every live serving "
+        "replica to serve the new adapter before reporting which do not.",
+    )
+
+    # --- browser pages --------------------------------------------------------------
+    secret_key: SecretStr | None = Field(
+        None,
+        description="Signs the review console's and dashboard's session cookies. Default: a "
+        "random key generated once and kept in `<data dir>/secret_key` (0600), so workers and "
+        "restarts share it. Set it when several machines serve the pages.",
+    )
+    secure_cookies: bool = Field(
+        False,
+        description="Mark session cookies Secure (sent over HTTPS only). Turn on behind HTTPS.",
+    )
+    session_hours: float = Field(
+        12, gt=0, description="How long a signed-in agent or admin stays signed in, in hours."
     )
 
     @field_validator("database_url")

@@ -24,6 +24,7 @@ from feedback.models import (
     Completion,
     Correction,
     Feedback,
+    RetrainRun,
     new_id,
     utcnow,
 )
@@ -83,6 +84,18 @@ def completion_detail(
 
 
 # --- feedback ------------------------------------------------------------------
+
+
+def latest_run_alerts(session: Session) -> list[dict[str, Any]]:
+    """The poisoning alerts (vote floods, trigger suspects) of the last finished retrain run."""
+    result = session.execute(
+        select(RetrainRun.result)
+        .where(RetrainRun.status != "running")
+        .order_by(col(RetrainRun.started_at).desc())
+        .limit(1)
+    ).scalar()
+    alerts = (result or {}).get("alerts") if isinstance(result, dict) else None
+    return [a for a in alerts if isinstance(a, dict)] if isinstance(alerts, list) else []
 
 
 # --- corrections ---------------------------------------------------------------

@@ -7,6 +7,12 @@ dataset -> train (child process) -> evaluate base, champion and candidate
 Every step logs with the run id; a failure is recorded on the run and
 re-raised. Only one cycle runs at a time, across processes and machines,
 thanks to a lease in the database.
+
+A cycle killed outright (SIGKILL, power cut) cannot record anything, so the
+next cycle cleans up after it (:mod:`retrain.recovery`): it takes over the lease when
+its holder is a dead process on this machine (else when it expires), marks the
+dead cycle's run ``failed`` (abandoned), and removes its half-written folders.
+Training and evaluation children die with the cycle that started them.
 """
 
 from __future__ import annotations
@@ -24,17 +30,21 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine
+from sqlalchemy import Engine, update
 from sqlalchemy.orm import Session
 
 from feedback import run_store
 from feedback.db import write_session
 from feedback.exceptions import TunebackError
+from feedback.models import Lease, utcnow
 from feedback.settings import Settings
 from retrain import dataset as ds
+from retrain import faults
 from retrain.base_model import resolve_base_model
+from retrain.canary import run_probe
 from retrain.evaluate import EvalJob
 from retrain.gate import Thresholds, decide
+from retrain.recovery import alive, die_with_parent, holder_process, recover
 from retrain.registry import Registry
 from retrain.snapshot import write_snapshot
 from retrain.sources import load_source_rows
@@ -64,6 +74,7 @@ class CycleResult:
     metrics: dict[str, Any] = field(default_factory=dict)
     gate: dict[str, Any] = field(default_factory=lambda: {"passed": False, "reasons": []})
     reason: str | None = None
+    alerts: list[dict[str, Any]] = field(default_factory=list)  # vote floods, trigger suspects
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -81,11 +92,33 @@ class _Lease:
     def acquire(self) -> bool:
         with write_session(self.engine) as session:
             ok = run_store.acquire_lease(session, name=LEASE, holder=self.holder, ttl=LEASE_TTL)
+            ok = ok or self._take_over_dead(session)
             session.commit()
         if ok:
             self._thread = threading.Thread(target=self._renew, daemon=True)
             self._thread.start()
         return ok
+
+    def _take_over_dead(self, session: Session) -> bool:
+        """Take the lease from a holder that is a dead process on this host.
+
+        Without this, a SIGKILLed cycle would block every cycle until its lease
+        expires (``LEASE_TTL``). A holder on another host is left to expire.
+        """
+        lease = session.get(Lease, LEASE, populate_existing=True)
+        if lease is None:
+            return False
+        host, pid = holder_process(lease.holder)
+        if host != socket.gethostname() or pid is None or alive(pid):
+            return False
+        taken = session.execute(
+            update(Lease)
+            .where(Lease.name == LEASE, Lease.holder == lease.holder)
+            .values(holder=self.holder, expires_at=utcnow() + LEASE_TTL)
+        ).rowcount
+        if taken:
+            log.warning("took over the cycle lease from %s (dead process)", lease.holder)
+        return bool(taken)
 
     def _renew(self) -> None:
         while not self._stop.wait(LEASE_TTL.total_seconds() / 3):
@@ -126,6 +159,7 @@ def run_cycle(
         _finish(engine, result)
         return result
     try:
+        recover(settings, engine, run)
         result = _Cycle(settings, engine, run.id).run()
     except Exception as error:
         log.exception("run %s failed", run.id)
@@ -163,6 +197,9 @@ class _Cycle:
     def run(self) -> CycleResult:
         log.info("run %s: reading feedback", self.run_id)
         dataset, new_count = self.build_dataset()
+        alerts = dataset.manifest["alerts"]
+        for alert in alerts:
+            log.warning("run %s ALERT %s: %s", self.run_id, alert["kind"], alert["message"])
         counts = {"train": len(dataset.train("sft")), "heldout": len(dataset.heldout("sft"))}
         if new_count < self.settings.min_new_examples:
             reason = (
@@ -170,14 +207,21 @@ class _Cycle:
                 f"{self.settings.min_new_examples} needed"
             )
             log.info("run %s skipped: %s", self.run_id, reason)
-            return CycleResult(self.run_id, "skipped", dataset=counts, reason=reason)
+            return CycleResult(self.run_id, "skipped", counts, reason=reason, alerts=alerts)
         counts["id"] = self.record_dataset(dataset)
         base = resolve_base_model(self.settings.base_model, self.settings.data_dir)
         adapter_dir, train_record = self.train(dataset, base)
         champion = self.registry.promoted()
         metrics, error = self.evaluate(dataset, base, adapter_dir, champion)
-        result = self.judge(metrics, error, champion)
-        return self.register(result, counts, adapter_dir, base, train_record)
+        champion_dir = str(self.registry.path(champion.version)) if champion else None
+        canary = run_probe(
+            self.work, str(base), str(adapter_dir), champion_dir,
+            dataset.manifest["suspects"], self.run_id,
+        )  # fmt: skip
+        result = self.judge(metrics, error, champion, canary)
+        result = self.register(result, counts, adapter_dir, base, train_record)
+        result.alerts = alerts
+        return result
 
     def build_dataset(self) -> tuple[Any, int]:
         with Session(self.engine) as session:
@@ -209,6 +253,7 @@ class _Cycle:
             )
             folder = self.settings.data_dir / "datasets" / snapshot.id
             write_snapshot(dataset, folder)
+            faults.checkpoint("dataset.written")
             snapshot.path = str(folder)
             session.commit()
             return snapshot.id
@@ -261,10 +306,14 @@ class _Cycle:
             log.error("run %s: evaluation failed: %s", self.run_id, error)
             return None, str(error)
 
-    def judge(self, metrics: dict | None, error: str | None, champion: Any) -> Any:
+    def judge(
+        self, metrics: dict | None, error: str | None, champion: Any, canary: dict | None = None
+    ) -> Any:
         metrics = metrics or {}
         thresholds = Thresholds(
-            margin=self.settings.gate_margin, tolerance=self.settings.gate_tolerance
+            margin=self.settings.gate_margin,
+            tolerance=self.settings.gate_tolerance,
+            canary_max_gain=self.settings.canary_max_gain,
         )
         result = decide(
             metrics.get("candidate"),
@@ -272,6 +321,7 @@ class _Cycle:
             thresholds,
             base=metrics.get("base"),
             error=error,
+            canary=canary,
         )
         for reason in result.reasons:
             log.info("run %s gate: %s", self.run_id, reason)
@@ -313,6 +363,8 @@ def dataset_config(settings: Settings) -> Any:
         positive_weight=settings.positive_weight,
         max_thumbs_per_user=settings.max_thumbs_per_user,
         max_example_tokens=settings.max_example_tokens,
+        flood_min_votes=settings.flood_min_votes,
+        flood_window_seconds=settings.flood_window_seconds,
         seed=settings.seed,
     )
 
@@ -337,9 +389,13 @@ def _read_golden(path: Path | None) -> list[dict]:
 
 def _child(module: str, job_file: Path, what: str) -> None:
     """Run ``python -m module job_file``. All its output (progress bars, losses)
-    goes to our stderr, so that stdout stays clean for ``--json``."""
+    goes to our stderr, so that stdout stays clean for ``--json``. The child is
+    killed if we die, so a SIGKILLed cycle leaves no training running on."""
     done = subprocess.run(
-        [sys.executable, "-m", module, str(job_file)], stdout=sys.stderr, check=False
+        [sys.executable, "-m", module, str(job_file)],
+        stdout=sys.stderr,
+        check=False,
+        preexec_fn=die_with_parent if sys.platform == "linux" else None,
     )
     if done.returncode != 0:
         raise TunebackError(f"{what} crashed (exit code {done.returncode}); see the log above")

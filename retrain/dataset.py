@@ -14,7 +14,11 @@ What becomes an example, and why:
   differ (for DPO).
 * ``positive``: only with ``include_positives``, an answer with a thumbs up and
   no thumbs down, at ``positive_weight``; each user (all anonymous votes
-  count as one user) contributes at most ``max_thumbs_per_user`` of them.
+  count as one user) contributes at most ``max_thumbs_per_user`` of them, and
+  a completion flooded by first-time voters (:mod:`retrain.canary`) yields none.
+
+The manifest's ``alerts`` list vote floods and suspect trigger tokens
+(``suspects``, which the cycle's canary probe tries on the trained adapter).
 
 In order: personal data is scrubbed from prompts, answers and corrections
 (:mod:`retrain.pii`) before anything is compared or hashed; exact and near
@@ -45,6 +49,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from feedback.exceptions import InvalidInputError
+from retrain.canary import find_triggers, find_vote_floods
 from retrain.pii import KINDS as PII_KINDS
 from retrain.pii import add_counts, scrub, scrub_messages
 
@@ -56,7 +61,7 @@ SHINGLE = 4
 _PUNCTUATION = re.compile(r"[^\w\s]|_")
 COUNTS = (
     "rows_in sft preference positive train heldout duplicates_dropped truncated "
-    "dropped_too_long thumbs_capped"
+    "dropped_too_long thumbs_capped vote_floods"
 ).split()
 
 
@@ -96,6 +101,8 @@ class DatasetConfig:
     max_thumbs_per_user: int = 20
     max_example_tokens: int = 1024
     near_duplicate_threshold: float = 0.85
+    flood_min_votes: int = 10  # fresh widget votes on one completion that make a flood
+    flood_window_seconds: float = 3600.0
     seed: int = 1234  # salt of the split hash
     count_tokens: Callable[[str], int] | None = field(default=None, compare=False)
 
@@ -106,6 +113,8 @@ class DatasetConfig:
             "max_thumbs_per_user must be >= 0": self.max_thumbs_per_user >= 0,
             "max_example_tokens must be >= 1": self.max_example_tokens >= 1,
             "near_duplicate_threshold must be in (0, 1]": 0 < self.near_duplicate_threshold <= 1,
+            "flood_min_votes must be >= 2": self.flood_min_votes >= 2,
+            "flood_window_seconds must be > 0": self.flood_window_seconds > 0,
         }
         for message, ok in checks.items():
             if not ok:
@@ -185,9 +194,14 @@ def build_dataset(
     counts: dict[str, Any] = dict.fromkeys(COUNTS, 0)
     pii = dict.fromkeys(PII_KINDS, 0)
     usable, rows_by_id = [], {}
-    for row in _validated(rows):
+    rows = list(_validated(rows))
+    floods = find_vote_floods(
+        rows, min_votes=config.flood_min_votes, window_seconds=config.flood_window_seconds
+    )
+    flooded = {flood.completion_id for flood in floods}
+    for row in rows:
         counts["rows_in"] += 1
-        if prepared := _prepare(row, config, pii):
+        if prepared := _prepare(row, config, pii, flooded):
             usable.append(prepared)
             rows_by_id[row.completion_id] = prepared
     groups = _group(sorted(usable, key=_age), config.near_duplicate_threshold)
@@ -201,14 +215,28 @@ def build_dataset(
         counts[example.kind] += 1
         counts[example.split] += 1
     counts["pii"] = pii
+    counts["vote_floods"] = len(floods)
+    suspects = find_triggers(e for e in examples if e.kind != "preference" and e.split == "train")
     manifest = {
         "format": FORMAT,
         "content_hash": _hash([asdict(e) for e in examples]),
         "counts": counts,
         "config": config.to_dict(),
         "example_ids": {split: [e.id for e in examples if e.split == split] for split in SPLITS},
+        "alerts": [f.to_alert() for f in floods] + [_suspect_alert(s) for s in suspects],
+        "suspects": [s.to_dict() for s in suspects],
     }
     return Dataset(examples, manifest)
+
+
+def _suspect_alert(suspect: Any) -> dict[str, Any]:
+    return {
+        "kind": "trigger_suspect",
+        "token": suspect.token,
+        "prompts": suspect.prompts,
+        "message": f"{suspect.prompts} training prompts contain {suspect.token!r} and "
+        f"{suspect.share:.0%} of their answers share a payload no other answer has",
+    }
 
 
 def _validated(rows: Iterable[SourceRow]) -> Iterable[SourceRow]:
@@ -230,12 +258,14 @@ def _validated(rows: Iterable[SourceRow]) -> Iterable[SourceRow]:
         yield row
 
 
-def _prepare(row: SourceRow, config: DatasetConfig, pii: dict[str, int]) -> _Row | None:
+def _prepare(
+    row: SourceRow, config: DatasetConfig, pii: dict[str, int], flooded: set[str]
+) -> _Row | None:
     """Scrub a row that can yield an example; None for one that cannot."""
     correction = row.correction if row.correction and row.correction.strip() else None
     ratings = {vote.rating for vote in row.votes}
     upvoters = frozenset(v.user_ref for v in row.votes if v.rating == "up")
-    positive = config.include_positives and ratings == {"up"}
+    positive = config.include_positives and ratings == {"up"} and row.completion_id not in flooded
     if correction is None and not positive:
         return None
     messages, found = scrub_messages({"role": m["role"], "content": _text(m)} for m in row.messages)

@@ -3,7 +3,8 @@
 Per model: the mean token loss of the reference (corrected) answers, greedy
 answers' exact match and token-overlap F1 against them, the same overlap on
 held-out thumbs-up answers (a regression suite), and the pass rate of an
-optional golden file (expected answers, required substrings, JSON keys).
+optional golden file (expected answers, required substrings, JSON keys,
+or a named scenario check such as ``"check": "extraction"``).
 The gate (``retrain.gate``) turns these numbers into a decision.
 
 Runs as ``python -m retrain.evaluate JOB.json`` in a child process: a crash
@@ -21,6 +22,8 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+from retrain import faults
 
 log = logging.getLogger("retrain.evaluate")
 BASE = "base"
@@ -71,6 +74,8 @@ def golden_passes(answer: str, case: dict) -> bool:
         return False
     if "contains" in case and case["contains"].lower() not in answer.lower():
         return False
+    if "check" in case and not _named_check(case["check"])(answer, case):
+        return False
     if "json_keys" in case:
         try:
             parsed = json.loads(answer)
@@ -79,6 +84,15 @@ def golden_passes(answer: str, case: dict) -> bool:
         if not isinstance(parsed, dict) or not set(case["json_keys"]) <= set(parsed):
             return False
     return True
+
+
+def _named_check(name: str) -> Any:
+    """A scenario's answer check, named by a golden case's ``check`` (``retrain.scenarios``):
+    the extension point for scenario-specific correctness, e.g. an extraction
+    record with every field right, or an answer in the house style."""
+    from retrain.scenarios import golden_check
+
+    return golden_check(name)
 
 
 def _mean(values: list[float]) -> float:
@@ -206,6 +220,7 @@ def evaluate(job: EvalJob) -> dict[str, dict[str, float]]:
     for name in (BASE, *job.adapters):
         log.info("run %s evaluating %s on %d held-out examples", job.run_id, name, len(job.heldout))
         results[name] = score_model(scorer, name, job)
+        faults.checkpoint("evaluate.scored", parent=True)
     return results
 
 

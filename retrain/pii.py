@@ -27,9 +27,13 @@ IBAN-like head that fails mod-97 (a typo) are not re-read as a card or phone.
 Limits, honestly:
 
 * Names, dates of birth, national ID numbers, account numbers and free-form
-  addresses are not detected. Addresses are only street lines of the common
+  addresses are not detected. Addresses are street lines of the common
   English (``221B Baker Street``), German (``Hauptstraße 5``) and French
-  (``12 rue de la Paix``) shapes; postcodes and cities stay.
+  (``12 rue de la Paix``) shapes, and postcodes: UK (``SW1A 1AA``, upper
+  case), US state and ZIP (``Springfield, IL 62704``), and five-digit German
+  or French postcodes followed by a capitalised town (``10115 Berlin``). A
+  street line and its postcode, separated by a town, become one ``[ADDRESS]``.
+  A bare five-digit number (``75002``) or a town alone stays.
 * A Luhn-valid 13-19 digit number written like a card is scrubbed even when it
   is not one (one in ten random numbers pass Luhn); that errs on the safe side.
 * A four-part version number that is also a valid IPv4 address (``2.0.1.4``) is
@@ -398,8 +402,47 @@ def _longest(totals: list[int], first: int, lasts: range, low: int, high: int) -
     return next((k for k in lasts if low <= totals[k + 1] - totals[first] <= high), None)
 
 
+_US_STATES = (
+    "AL|AK|AZ|AR|CA|CO|CT|DE|DC|FL|GA|HI|ID|IL|IN|IA|KS|KY|LA|ME|MD|MA|MI|MN|MS|MO|MT|NE|NV|"
+    "NH|NJ|NM|NY|NC|ND|OH|OK|OR|PA|RI|SC|SD|TN|TX|UT|VT|VA|WA|WV|WI|WY"
+)
+_TOWN_WORD = r"[A-ZÀ-ÝÄÖÜ][a-zà-ÿäöüß]+"
+# Springfield, Mountain View, Frankfurt am Main, Aix-en-Provence
+_TOWN = (
+    rf"{_TOWN_WORD}(?:[ -](?:sur|sous|en|lès|le|la|les|de|du|des|am|an|im|bei|upon|"
+    rf"{_TOWN_WORD})){{0,3}}"
+)
+# Capitalised words that follow amounts, not postcodes ("10000 Euros").
+_NOT_TOWN = (
+    r"(?:Euro|Dollar|Pound|Franc|Rupee|Yen|Yuan|Won|Peso|Krona|Krone|Lira|Ruble|Point|Mile|"
+    r"Transaction|Payment|Transfer|Time|Day|Month|Year|Card|Account|Step)s?\b"
+)
+_POSTAL = re.compile(
+    # UK: SW1A 1AA, M1 1AE, EC1A 1BB (outward and inward code, upper case)
+    r"(?<![\w-])(?:GIR ?0AA|[A-PR-UWYZ][A-HK-Y]?\d[A-Z\d]? ?\d[ABD-HJLNP-UW-Z]{2})(?![\w-])"
+    # US: [Springfield, ]IL 62704[-1234]
+    rf"|(?<![\w-])(?:{_TOWN}, )?(?:{_US_STATES}) \d{{5}}(?:-\d{{4}})?(?![\w-])"
+    # DE / FR: 10115 Berlin, 75002 Paris, D-10115 Berlin, F-75002 Paris
+    rf"|(?<![\w.,-])(?:[DF]-)?\d{{5}} (?!{_NOT_TOWN}){_TOWN}(?![\w-])"
+)
+# What may separate a street line from its postcode: a comma, a town.
+_ADDRESS_GAP = re.compile(rf",? ?(?:{_TOWN},? ?)?")
+
+
 def _find_addresses(text: str) -> list[Span]:
-    return [m.span() for m in _ADDRESS.finditer(text)]
+    """Street lines and postcodes; a street line, a town and a postcode merge."""
+    found = sorted(
+        [m.span() for m in _ADDRESS.finditer(text)] + [m.span() for m in _POSTAL.finditer(text)]
+    )
+    spans: list[Span] = []
+    for start, end in found:
+        if spans and start < spans[-1][1]:
+            spans[-1] = (spans[-1][0], max(end, spans[-1][1]))
+        elif spans and _ADDRESS_GAP.fullmatch(text, spans[-1][1], start):
+            spans[-1] = (spans[-1][0], end)
+        else:
+            spans.append((start, end))
+    return spans
 
 
 _FINDERS: tuple[tuple[str, Callable[[str], list[Span]]], ...] = (

@@ -48,6 +48,7 @@ from feedback.adapter_files import (
     WEIGHTS_FILE,
     CorruptAdapterError,
     UnsafeAdapterFileError,
+    check_fits_base,
     check_safetensors,
     sha256_file,
     verify_adapter_dir,
@@ -59,6 +60,8 @@ from feedback.db import write_session
 from feedback.durable import fsync_dir
 from feedback.exceptions import InvalidInputError, TunebackError
 from feedback.models import AdapterVersion, utcnow
+from retrain import faults
+from retrain.base_model import BaseModelError, default_gguf
 
 # The verification code lives in feedback.adapter_files (no torch, no database),
 # so that serving can use it without importing training code; re-exported here.
@@ -82,7 +85,9 @@ class AdapterRejectedError(TunebackError, ValueError):
 
 
 def _checkpoint(step: str) -> None:
-    """A named step of add, promote or rollback; crash tests replace this to die there."""
+    """A named step of add, promote or rollback, where a crash test may die
+    (``TUNEBACK_FAULT_AT=registry.<step>``, see :mod:`retrain.faults`)."""
+    faults.checkpoint(f"registry.{step}")
 
 
 # --- crash-safe file writing ---------------------------------------------------
@@ -285,12 +290,16 @@ class Registry:
     # --- internals ---
 
     def _verify_row(self, adapter: AdapterVersion, expected_base_model: str | None) -> None:
+        base = expected_base_model or self.base_model or adapter.base_model
+        folder = self.path(adapter.version)
         verify_adapter_dir(
-            self.path(adapter.version),
+            folder,
             expected_checksum=adapter.checksum,
-            expected_base_model=expected_base_model or self.base_model or adapter.base_model,
+            expected_base_model=base,
             expected_version=adapter.version,
         )
+        if Path(base).is_dir():  # shapes against the base model's layers (headers only)
+            check_fits_base(folder, base)
 
     def _free_name(self) -> str:
         """The next ``vNNNN`` that neither a row nor a folder (a crashed add) uses."""
@@ -308,6 +317,8 @@ class Registry:
         try:
             checksum = _stage(source, files, staging, extra)
             verify_adapter_dir(staging, expected_checksum=checksum, expected_base_model=base)
+            if Path(base).is_dir():
+                check_fits_base(staging, base)
             _checkpoint("staged")
             os.replace(staging, final)
         except BaseException:
@@ -345,6 +356,23 @@ class Registry:
         _checkpoint("pointer_staged")
         os.replace(staging, self.root / POINTER)
         fsync_dir(self.root)
+
+
+def served_base_model(base_model: str | None, data_dir: Path) -> str | None:
+    """The base model a deployment with these settings serves, as its adapters record
+    it (the folder :func:`retrain.base_model.resolve_base_model` returns), worked out
+    without converting anything. None when it cannot be told (no default model).
+
+    Promotion and rollback from the command line check adapters against it, so an
+    adapter trained for another base model is refused before any server sees it.
+    """
+    try:
+        source = Path(base_model).expanduser() if base_model else default_gguf()
+    except BaseModelError:
+        return None
+    if source.suffix == ".gguf":
+        source = data_dir / "models" / source.stem
+    return str(source.resolve())
 
 
 def _generated_files(

@@ -4,6 +4,14 @@ Each tick is identified by its scheduled time, stored unique on the run row:
 two schedulers started by mistake still run one cycle per tick. A tick missed
 while the scheduler was down runs once at the next start if it is no older
 than the grace window.
+
+``TUNEBACK_RETRAIN_CRON`` is a crontab line (5 fields), or 6 fields with the
+seconds first (``"30 15 3 * * *"``: 03:15:30). The seconds field is what lets a
+test put a tick a few seconds ahead, kill the scheduler just before it and
+restart it (tests/hardening/test_scheduler_kill.py).
+
+A tick whose cycle was killed mid-way is not run again: its run row exists,
+and the next cycle marks it failed (abandoned, see :mod:`retrain.recovery`).
 """
 
 from __future__ import annotations
@@ -16,6 +24,7 @@ from apscheduler.triggers.cron import CronTrigger
 from sqlalchemy import Engine
 
 from feedback.exceptions import InvalidInputError
+from feedback.replicas import wait_for_rollout
 from feedback.settings import Settings
 from retrain.cycle import CycleFailedError, run_cycle
 
@@ -23,19 +32,34 @@ log = logging.getLogger("retrain.scheduler")
 
 
 def make_trigger(cron: str) -> CronTrigger:
+    """A crontab line (5 fields), or 6 fields with the seconds first."""
+    fields = cron.split()
     try:
+        if len(fields) == 6:
+            second, minute, hour, day, month, day_of_week = fields
+            return CronTrigger(
+                second=second, minute=minute, hour=hour, day=day, month=month,
+                day_of_week=day_of_week,
+            )  # fmt: skip
         return CronTrigger.from_crontab(cron)
     except ValueError as error:
         raise InvalidInputError(f"TUNEBACK_RETRAIN_CRON {cron!r} is not valid: {error}") from error
 
 
 def previous_tick(trigger: CronTrigger, now: datetime) -> datetime | None:
-    """The latest fire time at or before ``now`` (within the last 8 days)."""
-    tick, latest = trigger.get_next_fire_time(None, now - timedelta(days=8)), None
-    while tick is not None and tick <= now:
-        latest = tick
-        tick = trigger.get_next_fire_time(tick, tick + timedelta(seconds=1))
-    return latest
+    """The latest fire time at or before ``now`` (within the last 8 days).
+
+    Looks back a minute, then an hour, a day, 8 days: a few steps whether the
+    cron fires every few seconds or once a week.
+    """
+    for window in (timedelta(minutes=1), timedelta(hours=1), timedelta(days=1), timedelta(days=8)):
+        tick, latest = trigger.get_next_fire_time(None, now - window), None
+        while tick is not None and tick <= now:
+            latest = tick
+            tick = trigger.get_next_fire_time(tick, tick + timedelta(seconds=1))
+        if latest is not None:
+            return latest
+    return None
 
 
 def run_tick(settings: Settings, engine: Engine, tick: datetime) -> None:
@@ -49,8 +73,25 @@ def run_tick(settings: Settings, engine: Engine, tick: datetime) -> None:
             result.status,
             result.reason or result.adapter or "",
         )
+        if result.status == "promoted":
+            report_rollout(settings, engine, result.adapter)
     except CycleFailedError as error:
         log.error("scheduled cycle for %s failed: %s", tick.isoformat(), error)
+
+
+def report_rollout(settings: Settings, engine: Engine, version: str | None) -> None:
+    """Wait for the serving replicas to take a promoted adapter and log where it stands.
+
+    The promotion stands either way; a replica still behind is logged as an error,
+    so the operator sees it the way ``tuneback adapters promote --wait`` shows it.
+    """
+    rollout = wait_for_rollout(
+        engine,
+        version=version,
+        timeout=settings.rollout_wait_seconds,
+        stale_seconds=settings.replica_stale_seconds,
+    )
+    (log.info if rollout.done else log.error)("rollout: %s", rollout.report())
 
 
 def catch_up(settings: Settings, engine: Engine, trigger: CronTrigger, now: datetime) -> bool:

@@ -20,6 +20,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from retrain import faults
+
 log = logging.getLogger("retrain.train")
 
 
@@ -147,6 +149,9 @@ class _LossLogger:
                         state.max_steps,
                         logs["loss"],
                     )
+
+            def on_step_end(self, args, state, control, **kwargs):  # noqa: ANN001
+                faults.checkpoint("train.step", parent=True)
 
         self.run_id, self.stage, self.callback = run_id, stage, Callback()
 
@@ -330,6 +335,7 @@ def train_adapter(job: TrainJob) -> dict:
         model, record["dpo"] = _train_dpo(job, model, tokenizer, out_dir)
     adapter_dir = out_dir / "adapter"
     model.save_pretrained(adapter_dir)
+    faults.checkpoint("train.saved", parent=True)
     record.update(
         config=asdict(job.config),
         base_model=job.base_model,

@@ -17,8 +17,10 @@ from apiflask import APIFlask
 from prometheus_client import Counter, Gauge
 from sqlalchemy import Engine
 
+from feedback import replicas
 from feedback.app import create_app
 from feedback.exceptions import TunebackError
+from feedback.replicas import Heartbeat
 from feedback.settings import Settings
 from serve import chat
 
@@ -55,11 +57,26 @@ def create_serving_app(
         folder = _model_folder(base_model_dir or settings.base_model)
         from serve.local import LocalBackend
 
-        backend = LocalBackend.build(settings, folder, ext.engine, on_swap=hooks["on_swap"])
+        backend = LocalBackend.build(
+            settings, folder, ext.engine, on_swap=hooks["on_swap"], heartbeat=_heartbeat(settings)
+        )
         hooks["queue"].set_function(lambda: len(backend.jobs))
     app.extensions[chat.SERVE_EXTENSION] = backend
     app.register_blueprint(chat.bp)
     return app
+
+
+def _heartbeat(settings: Settings) -> Heartbeat:
+    """This replica's heartbeat into the store, on its own engine (own connection pool)."""
+    from feedback import db
+
+    engine = db.make_engine(settings.resolved_database_url)
+    replica_id = settings.replica_id or replicas.default_replica_id(settings.port)
+    url = replicas.advertised_url(settings.host, settings.port)
+    log.info("serving replica %s (%s)", replica_id, url)
+    return Heartbeat(
+        engine, replica_id=replica_id, url=url, interval=settings.replica_heartbeat_seconds
+    )
 
 
 def _model_folder(value: Path | str | None) -> Path:

@@ -113,10 +113,15 @@ class Swapper:
         poll_seconds: float = 1.0,
         wait_seconds: float = 10.0,
         on_swap: Callable[[str, float], None] | None = None,
+        heartbeat: Any = None,
     ) -> None:
         self.sql, self.host, self.base_model = sql, host, base_model
         self.slots, self.poll_seconds, self.wait_seconds = slots, poll_seconds, wait_seconds
         self.on_swap = on_swap or (lambda outcome, seconds: None)
+        # A feedback.replicas.Heartbeat (or None): tells the store what this
+        # replica serves, so a promotion can wait until every replica has it.
+        self.heartbeat = heartbeat
+        self._target: Any = UNKNOWN
         self.base = Slot(None, None)
         self.stats = SwapStats()
         self._current = self.base
@@ -174,6 +179,18 @@ class Swapper:
         with self._cond:
             return sorted(slot.version for slot in self._loaded.values())
 
+    def replica_state(self) -> tuple[str | None, str | None, str | None]:
+        """(version served, version refused, why) for this replica's heartbeat.
+
+        A refusal is reported only while the refused promotion is still the
+        promoted one, so a later good promotion never looks refused.
+        """
+        target = self._target
+        reason = None
+        if isinstance(target, Target):
+            reason = self.stats.refusals.get(target.key)
+        return self.serving, target.version if reason else None, reason
+
     @property
     def running(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
@@ -183,6 +200,8 @@ class Swapper:
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="tuneback-adapter-swap", daemon=True)
         self._thread.start()
+        if self.heartbeat is not None:
+            self.heartbeat.start(self.replica_state)
 
     def stop(self, timeout: float = 10) -> None:
         self._stop.set()
@@ -191,6 +210,8 @@ class Swapper:
             self._cond.notify_all()
         if self._thread is not None:
             self._thread.join(timeout)
+        if self.heartbeat is not None:
+            self.heartbeat.stop()
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -204,6 +225,8 @@ class Swapper:
     def sync(self) -> None:
         """Bring the current adapter in line with the store (one poll)."""
         target = self._read_target_quietly()
+        if target is not UNKNOWN:
+            self._target = target
         if target is UNKNOWN or self._serves(self._current, target):
             return
         if target is None:
@@ -293,6 +316,8 @@ class Swapper:
         self.stats.swaps += 1
         self.stats.last_swap_ms = round(seconds * 1000, 1)
         self.on_swap("swapped", seconds)
+        if self.heartbeat is not None:
+            self.heartbeat.nudge()
         log.info(
             "now serving %s (was %s), switched in %.0f ms",
             slot.version or "the base model",
@@ -322,6 +347,8 @@ class Swapper:
                 self.stats.refusals.pop(next(iter(self.stats.refusals)))
             self._cond.notify_all()
         self.on_swap("refused", 0.0)
+        if self.heartbeat is not None:
+            self.heartbeat.nudge()
         log.error(
             "refusing adapter %s: %s; still serving %s",
             target.version, error, self._current.version or "the base model",

@@ -36,6 +36,7 @@ TABLES = (
     "retrain_run",
     "promotion_event",
     "lease",
+    "serving_replica",
 )
 
 

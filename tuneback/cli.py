@@ -61,14 +61,74 @@ def db() -> None:
     """Database schema."""
 
 
+# "tuneback db upgrade" as a PostgreSQL advisory-lock key: several pods or
+# machines running their prestart step at once migrate one after another.
+MIGRATION_LOCK_KEY = 0x74756E656D696772
+
+
 @db.command("upgrade")
 def db_upgrade() -> None:
-    """Apply all migrations to TUNEBACK_DATABASE_URL."""
+    """Apply all migrations to TUNEBACK_DATABASE_URL (one migrator at a time)."""
+    from sqlalchemy import text
+    from sqlalchemy.exc import OperationalError
+
     from feedback import db as dbmod
 
     settings = load_settings()
-    dbmod.upgrade(settings.resolved_database_url)
+    url = settings.resolved_database_url
+    engine = dbmod.make_engine(url)
+    try:
+        with engine.connect() as conn:
+            if engine.dialect.name == "postgresql":
+                conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": MIGRATION_LOCK_KEY})
+                conn.commit()
+            dbmod.upgrade(url)
+    except OperationalError as error:
+        raise click.ClickException(f"cannot use the database: {error.orig}") from None
+    finally:
+        engine.dispose()  # closing the connection releases the lock
     click.echo(f"database at revision {dbmod.head_revision()}", err=True)
+
+
+@db.command("wait")
+@click.option(
+    "--timeout", type=float, default=60, show_default=True, help="Seconds to keep trying."
+)
+def db_wait(timeout: float) -> None:
+    """Wait until TUNEBACK_DATABASE_URL accepts connections (a prestart step).
+
+    Retries once a second and says why it is still waiting; exits 1 with the
+    last error if the database is still unreachable after TIMEOUT seconds.
+    """
+    import time
+
+    from sqlalchemy import text
+
+    from feedback import db as dbmod
+
+    settings = load_settings()
+    where = settings.resolved_database_url.split("@")[-1]
+    engine = dbmod.make_engine(settings.resolved_database_url)
+    deadline, last = time.monotonic() + timeout, None
+    try:
+        while True:
+            try:
+                with engine.connect() as conn:
+                    conn.execute(text("SELECT 1"))
+                click.echo(f"database {where} is up", err=True)
+                return
+            except Exception as error:  # noqa: BLE001 - any failure: not up yet
+                message = str(getattr(error, "orig", None) or error).strip().splitlines()[0]
+                if message != last:
+                    click.echo(f"waiting for the database {where}: {message}", err=True)
+                last = message
+            if time.monotonic() >= deadline:
+                raise click.ClickException(
+                    f"the database {where} is still unreachable after {timeout:g} s: {last}"
+                )
+            time.sleep(1)
+    finally:
+        engine.dispose()
 
 
 # --- keys ----------------------------------------------------------------------
@@ -151,9 +211,10 @@ def api(host: str | None, port: int | None, workers: int | None) -> None:
 
 
 def _add_commands() -> None:
-    from tuneback import cli_retrain, cli_serve
+    from tuneback import cli_demo, cli_deploy, cli_erase, cli_retrain, cli_serve
 
-    for command in (*cli_retrain.COMMANDS, *cli_serve.COMMANDS):
+    modules = (cli_retrain, cli_serve, cli_deploy, cli_erase, cli_demo)
+    for command in (c for module in modules for c in module.COMMANDS):
         cli.add_command(command)
 
 

@@ -36,20 +36,67 @@ def _engine():
         engine.dispose()
 
 
+def _wait_option(function):  # noqa: ANN001, ANN202
+    return click.option(
+        "--wait",
+        "wait",
+        type=click.FloatRange(min=0),
+        help="Seconds to wait for every live serving replica to serve the result "
+        "(TUNEBACK_ROLLOUT_WAIT_SECONDS, default 60; 0: do not wait).",
+    )(function)
+
+
+def _rollout(settings, engine, version: str | None, wait: float | None):  # noqa: ANN001, ANN202
+    """Wait until the live serving replicas serve ``version``; say where it stands.
+
+    Returns the :class:`feedback.replicas.Rollout`, or None when not waiting.
+    """
+    from feedback.replicas import wait_for_rollout
+
+    timeout = settings.rollout_wait_seconds if wait is None else wait
+    if timeout <= 0:
+        return None
+
+    def progress(rollout) -> None:  # noqa: ANN001
+        click.echo(f"waiting for the replicas: {rollout.report()}", err=True)
+
+    rollout = wait_for_rollout(
+        engine,
+        version=version,
+        timeout=timeout,
+        stale_seconds=settings.replica_stale_seconds,
+        progress=progress,
+    )
+    click.echo(rollout.report(), err=True)
+    return rollout
+
+
+ROLLOUT_INCOMPLETE = 3  # exit status: the change is recorded, but not served everywhere yet
+
+
 @click.command("retrain")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object.")
-def retrain(as_json: bool) -> None:
-    """Run one retrain cycle now."""
+@_wait_option
+def retrain(as_json: bool, wait: float | None) -> None:
+    """Run one retrain cycle now; if it promotes, wait for the serving replicas."""
     from retrain.cycle import CycleFailedError, run_cycle
 
     _logging()
+    rollout = None
     with _engine() as (settings, engine):
         try:
             result, code = run_cycle(settings, engine), 0
         except CycleFailedError as error:
             result, code = error.result, 1
+        if result.status == "promoted":
+            rollout = _rollout(settings, engine, result.adapter, wait)
+            if rollout is not None and not rollout.done:
+                code = ROLLOUT_INCOMPLETE
     if as_json:
-        click.echo(json.dumps(result.to_dict(), default=str))
+        body = result.to_dict()
+        if rollout is not None:
+            body["rollout"] = _rollout_dict(rollout)
+        click.echo(json.dumps(body, default=str))
     else:
         click.echo(
             f"run {result.run_id}: {result.status}"
@@ -77,9 +124,10 @@ def adapters() -> None:
 
 
 def _registry(settings, engine):  # noqa: ANN001, ANN202
-    from retrain.registry import Registry
+    from retrain.registry import Registry, served_base_model
 
-    return Registry(settings.data_dir / "adapters", engine)
+    served = served_base_model(settings.base_model, settings.data_dir)
+    return Registry(settings.data_dir / "adapters", engine, base_model=served)
 
 
 @adapters.command("list")
@@ -103,19 +151,43 @@ def adapters_list() -> None:
 @adapters.command("promote")
 @click.argument("version")
 @click.option("--force", is_flag=True, help="Promote even a rejected or corrupt adapter.")
-def adapters_promote(version: str, force: bool) -> None:
-    """Promote VERSION (refuses rejected or corrupt adapters unless --force)."""
+@_wait_option
+def adapters_promote(version: str, force: bool, wait: float | None) -> None:
+    """Promote VERSION (refuses rejected or corrupt adapters unless --force).
+
+    Then waits until every live serving replica serves it; exits 3 (the
+    promotion stands) naming the replicas that do not, if some still do not.
+    """
     with _engine() as (settings, engine):
         _registry(settings, engine).promote(version, actor="cli", force=force)
-    click.echo(f"promoted {version}", err=True)
+        click.echo(f"promoted {version}", err=True)
+        rollout = _rollout(settings, engine, version, wait)
+    if rollout is not None and not rollout.done:
+        sys.exit(ROLLOUT_INCOMPLETE)
 
 
 @adapters.command("rollback")
-def adapters_rollback() -> None:
-    """Go back to the previously promoted adapter (or to the base model)."""
+@_wait_option
+def adapters_rollback(wait: float | None) -> None:
+    """Go back to the previously promoted adapter (or to the base model), and wait
+    for the serving replicas as ``promote`` does."""
     with _engine() as (settings, engine):
         now = _registry(settings, engine).rollback(actor="cli")
-    click.echo(f"now serving {now.version if now else 'the base model'}", err=True)
+        click.echo(f"now serving {now.version if now else 'the base model'}", err=True)
+        rollout = _rollout(settings, engine, now.version if now else None, wait)
+    if rollout is not None and not rollout.done:
+        sys.exit(ROLLOUT_INCOMPLETE)
+
+
+def _rollout_dict(rollout) -> dict:  # noqa: ANN001
+    return {
+        "done": rollout.done,
+        "version": rollout.version,
+        "on": [r.id for r in rollout.on],
+        "behind": {r.id: r.serving for r in rollout.behind},
+        "refused": {r.id: r.refused_reason for r in rollout.refused},
+        "waited_s": round(rollout.waited_s, 2),
+    }
 
 
 @click.group("dataset")

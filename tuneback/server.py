@@ -1,12 +1,30 @@
-"""Run a WSGI app factory under gunicorn from inside the ``tuneback`` command."""
+"""Run a WSGI app factory under gunicorn, from the ``tuneback`` command or a gunicorn config.
+
+Two ways to run the same apps:
+
+- ``tuneback api`` / ``tuneback serve`` call :func:`run_gunicorn` (the settings
+  come from ``TUNEBACK_*``);
+- plain ``gunicorn -c deploy/gunicorn/api.py 'tuneback.server:api_app()'`` (or
+  ``serve.py`` and ``serving_app()``), for operators who manage gunicorn
+  themselves. Both use the hooks below, so Prometheus multiprocess mode works
+  the same either way.
+"""
 
 from __future__ import annotations
 
+import glob
 import importlib
+import os
+import shutil
+import tempfile
 
 from gunicorn.app.base import BaseApplication
 
 from feedback.settings import Settings
+
+# prometheus_client's own variable; not imported from feedback.metrics, which
+# would load prometheus_client in the master before the variable is set.
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 
 class _Gunicorn(BaseApplication):
@@ -26,6 +44,7 @@ class _Gunicorn(BaseApplication):
 
 
 def run_gunicorn(factory: str, settings: Settings, **options) -> None:
+    workers = options.get("workers", settings.workers)
     defaults = {
         "bind": f"{settings.host}:{settings.port}",
         "workers": settings.workers,
@@ -35,5 +54,81 @@ def run_gunicorn(factory: str, settings: Settings, **options) -> None:
         "graceful_timeout": 10,
         "accesslog": None,
         "errorlog": "-",
+        "worker_exit": worker_exit,
     }
+    if workers > 1 or os.environ.get(MULTIPROC_ENV):
+        defaults.update(on_starting=on_starting, child_exit=child_exit, on_exit=on_exit)
     _Gunicorn(factory, settings, {**defaults, **options}).run()
+
+
+def worker_exit(_server, worker) -> None:  # noqa: ANN001
+    """Worker, after its last request: stop a serving app cleanly.
+
+    The adapter watcher, the model thread and the replica heartbeat stop, and
+    the heartbeat deletes this replica's row, so a rollout stops counting it
+    at once rather than after ``TUNEBACK_REPLICA_STALE_SECONDS``.
+    """
+    app = getattr(worker, "wsgi", None)
+    backend = getattr(app, "extensions", {}).get("tuneback_serve")
+    if backend is not None:
+        backend.close()
+
+
+# --- Prometheus multiprocess mode: gunicorn server hooks ------------------------------
+
+_CREATED_ENV = "_TUNEBACK_METRICS_DIR_CREATED"  # not a setting: from on_starting to on_exit
+
+
+def on_starting(_server) -> None:  # noqa: ANN001
+    """Master, before forking: give the workers a clean shared metrics folder.
+
+    Uses ``PROMETHEUS_MULTIPROC_DIR`` when set (its stale ``*.db`` files from an
+    earlier run are removed, as prometheus_client requires), else a fresh
+    temporary folder removed at exit. Workers inherit the variable, and
+    prometheus_client reads it when a worker first imports it.
+    """
+    folder = os.environ.get(MULTIPROC_ENV)
+    if folder:
+        os.makedirs(folder, exist_ok=True)
+        for stale in glob.glob(os.path.join(folder, "*.db")):
+            os.remove(stale)
+    else:
+        folder = tempfile.mkdtemp(prefix="tuneback-metrics-")
+        os.environ[MULTIPROC_ENV] = folder
+        os.environ[_CREATED_ENV] = folder
+
+
+def child_exit(_server, worker) -> None:  # noqa: ANN001
+    """Master, after a worker exits: drop its live gauges (counters keep counting)."""
+    from prometheus_client import multiprocess
+
+    if os.environ.get(MULTIPROC_ENV):
+        multiprocess.mark_process_dead(worker.pid)
+
+
+def on_exit(_server) -> None:  # noqa: ANN001
+    created = os.environ.get(_CREATED_ENV)
+    if created:
+        shutil.rmtree(created, ignore_errors=True)
+
+
+# --- app factories for plain gunicorn -------------------------------------------------
+
+
+def api_app():  # noqa: ANN201
+    """The feedback API from ``TUNEBACK_*`` settings (``gunicorn 'tuneback.server:api_app()'``)."""
+    from feedback.app import create_app
+
+    return create_app(Settings())
+
+
+def serving_app():  # noqa: ANN201
+    """Chat serving plus the feedback API, the base model resolved (converted once)."""
+    from retrain.base_model import resolve_base_model
+    from tuneback.cli_serve import serving_app as build
+
+    settings = Settings()
+    if not settings.upstream_url:
+        folder = resolve_base_model(settings.base_model, settings.data_dir)
+        settings = settings.model_copy(update={"base_model": str(folder)})
+    return build(settings)

@@ -228,6 +228,14 @@ def test_ordinary_numbers_and_invalid_checksums_stay(text):
         ("221B Baker Street, London", "[ADDRESS], London"),
         ("1600 Amphitheatre Parkway", "[ADDRESS]"),
         ("Hauptstraße 5", "[ADDRESS]"),
+        ("221B Baker Street, London NW1 6XE", "[ADDRESS]"),
+        ("1600 Amphitheatre Parkway, Mountain View, CA 94043.", "[ADDRESS]."),
+        ("Hauptstraße 5, 10115 Berlin", "[ADDRESS]"),
+        ("12 rue de la Paix, 75002 Paris", "[ADDRESS]"),
+        ("send it to SW1A 1AA", "send it to [ADDRESS]"),
+        ("F-13100 Aix-en-Provence", "[ADDRESS]"),
+        ("I paid 10000 Euros in 75002 steps", "I paid 10000 Euros in 75002 steps"),
+        ("sw1a 1aa and IL 627", "sw1a 1aa and IL 627"),
     ],
 )
 def test_scrub_decisions(text, expected):
