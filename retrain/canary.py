@@ -328,14 +328,9 @@ def probe(job: ProbeJob) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    job = ProbeJob.load(Path(argv[0]))
-    result = probe(job)
-    tmp = Path(job.out_path + ".tmp")
-    tmp.write_text(json.dumps(result, indent=2))
-    tmp.replace(job.out_path)
-    return 0
+    from retrain.evaluate import run_job_file
+
+    return run_job_file(argv, ProbeJob.load, probe)
 
 
 if __name__ == "__main__":

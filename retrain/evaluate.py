@@ -224,15 +224,24 @@ def evaluate(job: EvalJob) -> dict[str, dict[str, float]]:
     return results
 
 
-def main(argv: list[str] | None = None) -> int:
+def run_job_file(argv: list[str] | None, load: Any, work: Any) -> int:
+    """Entry of a child process: load the job file named by argv, run it, write its JSON result.
+
+    The result goes to a temporary file renamed into place, so the parent never
+    reads half a result from a child that died while writing.
+    """
     argv = sys.argv[1:] if argv is None else argv
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    job = EvalJob.load(Path(argv[0]))
-    results = evaluate(job)
+    job = load(Path(argv[0]))
+    result = work(job)
     tmp = Path(job.out_path + ".tmp")
-    tmp.write_text(json.dumps(results, indent=2))
+    tmp.write_text(json.dumps(result, indent=2))
     tmp.replace(job.out_path)
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_job_file(argv, EvalJob.load, evaluate)
 
 
 if __name__ == "__main__":

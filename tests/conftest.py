@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -46,10 +47,10 @@ def service_missing(what: str, error: Exception) -> None:
     pytest.skip(f"{what} unreachable: {error}")
 
 
-@pytest.fixture(scope="session")
-def pg_url():
-    """A fresh, migrated PostgreSQL database for this test session."""
-    name = f"tuneback_test_{uuid.uuid4().hex[:8]}"
+@contextmanager
+def fresh_pg_database(prefix: str):
+    """Create an empty PostgreSQL database, yield its URL, drop it afterwards."""
+    name = f"{prefix}_{uuid.uuid4().hex[:8]}"
     admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
     try:
         with admin.connect() as conn:
@@ -57,12 +58,20 @@ def pg_url():
     except Exception as error:  # noqa: BLE001
         admin.dispose()
         service_missing("PostgreSQL", error)
-    url = PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
-    db.upgrade(url)
-    yield url
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
+    try:
+        yield PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def pg_url():
+    """A fresh, migrated PostgreSQL database for this test session."""
+    with fresh_pg_database("tuneback_test") as url:
+        db.upgrade(url)
+        yield url
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

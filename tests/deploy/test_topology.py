@@ -13,19 +13,18 @@ import shutil
 import signal
 import tempfile
 import time
-import uuid
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 import requests
-from sqlalchemy import create_engine, func, select, text
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from feedback import db, replicas, store
 from feedback.models import Feedback, RetrainRun
-from tests.conftest import PG_ADMIN_URL, service_missing
+from tests.conftest import fresh_pg_database, service_missing
 from tests.deploy.support import Proc
 from tests.live import BIN, cli, free_port, tuneback_env
 
@@ -41,18 +40,8 @@ TICK = re.compile(r"scheduled cycle for (\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\+00:00)"
 @pytest.fixture(scope="module")
 def pg_database():
     """A fresh PostgreSQL database for this deployment, dropped afterwards."""
-    name = f"tuneback_deploy_{uuid.uuid4().hex[:8]}"
-    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as conn:
-            conn.execute(text(f'CREATE DATABASE "{name}"'))
-    except Exception as error:  # noqa: BLE001
-        admin.dispose()
-        service_missing("PostgreSQL", error)
-    yield PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
+    with fresh_pg_database("tuneback_deploy") as url:
+        yield url
 
 
 def _redis_url() -> str:
