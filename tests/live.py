@@ -62,10 +62,11 @@ class LiveServer:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"server exited: {self.proc.stderr.read()}")
             try:
-                if requests.get(f"{self.url}/healthz", timeout=1).status_code == 200:
+                if requests.get(f"{self.url}/healthz", timeout=2).status_code == 200:
                     return self
-            except requests.ConnectionError:
-                time.sleep(0.2)
+            except (requests.ConnectionError, requests.Timeout):
+                pass  # not listening yet, or a worker still starting on a busy machine
+            time.sleep(0.2)
         raise TimeoutError("server did not become ready")
 
     def stop(self) -> None:
