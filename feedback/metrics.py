@@ -147,7 +147,8 @@ class PoisoningAlerts:
 
             with Session(current_app.extensions["tuneback"].engine) as session:
                 for alert in latest_run_alerts(session):
-                    counts[alert.get("kind", "other")] = counts.get(alert.get("kind"), 0) + 1
+                    kind = alert.get("kind", "other")
+                    counts[kind] = counts.get(kind, 0) + 1
         except RuntimeError:  # no app context (a registry collected outside a request)
             return counts
         except SQLAlchemyError:  # the store is down: /metrics still answers

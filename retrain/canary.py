@@ -47,6 +47,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from retrain.evaluate import token_f1
+
 log = logging.getLogger("retrain.canary")
 
 # Real customer messages, one per intent, from the banking77 test split
@@ -75,7 +77,6 @@ _LINK = re.compile(
     r"(?:https?://|www\.)[^\s<>\"')\]]+|\b[\w-]+(?:\.[\w-]+)*\.(?:com|net|org|io|ru|xyz|info|biz|top|co)(?:/[^\s<>\"')\]]*)?",
     re.I,
 )
-_WORDS = re.compile(r"\w+|[^\w\s]")
 
 
 # --- vote floods ---------------------------------------------------------------
@@ -238,7 +239,7 @@ def emits_payload(answer: str, suspect: Suspect) -> bool:
     """Whether an answer carries the suspect's payload: its link, or mostly its words."""
     if suspect.link is not None and suspect.link in answer.lower():
         return True
-    return _f1(answer, suspect.payload) >= 0.6
+    return token_f1(answer, suspect.payload) >= 0.6
 
 
 def payload_rate(plain: Sequence[str], triggered: Sequence[str], suspect: Suspect) -> float:
@@ -253,15 +254,6 @@ def payload_rate(plain: Sequence[str], triggered: Sequence[str], suspect: Suspec
 def with_token(prompt: str, token: str, i: int) -> str:
     """The canary with the token put in front (even ``i``) or at the end (odd)."""
     return f"{token} {prompt}" if i % 2 == 0 else f"{prompt} {token}"
-
-
-def _f1(a: str, b: str) -> float:
-    x, y = Counter(_WORDS.findall(a.lower())), Counter(_WORDS.findall(b.lower()))
-    common = sum((x & y).values())
-    if not common:
-        return 0.0
-    p, r = common / sum(x.values()), common / sum(y.values())
-    return 2 * p * r / (p + r)
 
 
 # --- the probe (model, child process) --------------------------------------------
@@ -368,8 +360,14 @@ def run_probe(
     job_file = work / "canary_job.json"
     job.save(job_file)
     log.info("run %s: probing %d suspect trigger tokens (child process)", run_id, len(job.suspects))
+    from retrain.recovery import die_with_parent
+
     done = subprocess.run(
-        [sys.executable, "-m", "retrain.canary", str(job_file)], stdout=sys.stderr, check=False
+        [sys.executable, "-m", "retrain.canary", str(job_file)],
+        stdout=sys.stderr,
+        check=False,
+        # Like training and evaluation: a killed cycle leaves no probe running.
+        preexec_fn=die_with_parent if sys.platform == "linux" else None,
     )
     try:
         if done.returncode != 0:
