@@ -31,6 +31,7 @@ extra: matplotlib). On 2 shared CPU cores the defaults take one to two hours::
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import os
 import subprocess
@@ -52,6 +53,9 @@ TARGETS = {
     "errors_removed_at_100": 0.5,
     "sanity_max_drop_points": 2.0,
 }
+
+
+MAX_MISSES = 20  # wrong answers kept per model, to see what the errors are
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -119,7 +123,12 @@ def score(scorer, name: str, scenario: Scenario, heldout: list, batch: int) -> d
         metrics.update(sanity.score(scorer.answer_loss, sanity.questions()))
     metrics["eval_s"] = round(time.monotonic() - started, 1)
     samples = [{"message": m.text, "answer": a} for m, a in zip(heldout[:3], answers, strict=False)]
-    return {"metrics": metrics, "samples": samples}
+    misses = [
+        {"message": m.text, "answer": a, "reference": scenario.reference(m)}
+        for m, a in zip(heldout, answers, strict=True)
+        if not scenario.passes(a, scenario.reference(m))
+    ]
+    return {"metrics": metrics, "samples": samples, "misses": misses[:MAX_MISSES]}
 
 
 def run_scenario(args: argparse.Namespace, name: str, base: Path, results: dict) -> None:
@@ -130,6 +139,8 @@ def run_scenario(args: argparse.Namespace, name: str, base: Path, results: dict)
     config = TrainConfig.from_settings(Settings())
     entry = results["scenarios"].setdefault(name, {"headline": scenario.headline, "adapters": {}})
     entry.setdefault("heldout", len(heldout))
+    if args.command not in entry.setdefault("commands", []):
+        entry["commands"].append(args.command)
     if "base" not in entry:
         print(f"[{name}] scoring the base model on {len(heldout)} held-out messages", flush=True)
         entry["base"] = score(Scorer(str(base), {}), "base", scenario, heldout, args.batch)
@@ -151,7 +162,6 @@ def run_scenario(args: argparse.Namespace, name: str, base: Path, results: dict)
         }
         line = ", ".join(f"{k} {v:.3f}" for k, v in scored["metrics"].items() if k != "eval_s")
         print(f"[{name}] n={size}: {line}", flush=True)
-        summarise(results)
         save(args, results)
 
 
@@ -176,11 +186,26 @@ def summarise(results: dict) -> None:
 
 
 def save(args: argparse.Namespace, results: dict) -> None:
+    """Write OUT/quality.json, keeping the scenarios another run measures meanwhile.
+
+    Two runs may share OUT, one scenario each (on 2 cores, one core each is the
+    fastest way to get both curves): under a file lock, each run takes the other
+    scenarios from the file and writes back only its own.
+    """
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / "quality.json"
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(results, indent=2, ensure_ascii=False))
-    tmp.replace(path)
+    with (args.out / ".quality.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        on_disk = json.loads(path.read_text()) if path.exists() else {}
+        for name, entry in on_disk.get("scenarios", {}).items():
+            if name not in args.scenarios:
+                results["scenarios"][name] = entry
+        runs = on_disk.get("runs", []) + results.get("runs", [])
+        results["runs"] = [json.loads(r) for r in dict.fromkeys(json.dumps(r) for r in runs)]
+        summarise(results)
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(results, indent=2, ensure_ascii=False))
+        tmp.replace(path)
     try:
         plot(results, args.out / "quality.png")
     except ImportError:
@@ -239,8 +264,8 @@ def main(argv: list[str] | None = None) -> int:
     base = resolve_base_model(args.base_model, args.data_dir)
     path = args.out / "quality.json"
     results = json.loads(path.read_text()) if args.resume and path.exists() else {}
+    command = args.command = "bench/quality.py " + " ".join(sys.argv[1:] if argv is None else argv)
     results = results or {
-        "command": "bench/quality.py " + " ".join(sys.argv[1:] if argv is None else argv),
         "base_model": str(base),
         "device": (
             "cuda" if torch.cuda.is_available() else f"cpu, {torch.get_num_threads()} torch threads"
@@ -253,12 +278,11 @@ def main(argv: list[str] | None = None) -> int:
         run_scenario(args, name, base, results)
     results.setdefault("runs", []).append(
         {
-            "command": "bench/quality.py " + " ".join(sys.argv[1:] if argv is None else argv),
+            "command": command,
             "seconds": round(time.monotonic() - started, 1),
             "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
         }
     )
-    summarise(results)
     save(args, results)
     print(json.dumps(results["targets"]["checks"], indent=2))
     print(f"wrote {path} and {path.with_suffix('.png')}")

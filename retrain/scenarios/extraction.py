@@ -41,10 +41,22 @@ _AMOUNT = re.compile(
 )
 _CARD = re.compile(r"\bcards?\b", re.I)
 
+# What each topic covers, in the words an agent's style guide would use: a name
+# alone ("payment", "card") leaves a small model guessing where the borders are.
+TOPIC_HINTS = {
+    "card": "cards and their PINs",
+    "top_up": "adding money to the account",
+    "transfer": "bank transfers",
+    "cash": "ATM withdrawals and cash or cheque deposits",
+    "exchange": "currencies and exchange rates",
+    "payment": "card payments, refunds, direct debits, charges",
+    "account": "identity, personal details, closing",
+}
 SYSTEM_PROMPT = (
     "Read the customer's message and answer with one JSON object only, with the keys "
-    '"topic" (one of: ' + ", ".join(TOPICS) + '), "card" (true if the message mentions a '
-    'card), "amount" (the money amount in digits, or null) and "currency" (ISO code, or null).'
+    '"topic" (one of ' + "; ".join(f"{name}: {TOPIC_HINTS[name]}" for name in TOPICS) + "), "
+    '"card" (true if the message mentions a card), "amount" (the money amount in digits, or '
+    'null) and "currency" (ISO code, or null).'
 )
 
 

@@ -1,12 +1,15 @@
 """The general sanity slice: questions outside every scenario, with checkable answers.
 
 An adapter that learns a scenario must not forget how to answer anything else.
-The slice is 100 multiple-choice questions made from small fixed tables
-(capitals, arithmetic, opposites, everyday facts), asked as plain chats without
-a system prompt. A model answers a question by the option it finds most likely
-(lowest mean token loss as the assistant's answer), as in common
-likelihood-based benchmarks: no generation, so the slice costs seconds, and
-every model is scored on exactly the same options.
+The slice is 300 multiple-choice questions made from small fixed tables
+(capitals, continents, arithmetic, opposites, plurals, the order of days and
+months, everyday facts), asked as plain chats without a system prompt. Three
+hundred, not fewer, so that the 2-point limit on an adapter's drop is six
+answers rather than two: smaller slices move that much by chance. A model
+answers a question by the option it finds most likely (lowest mean token loss
+as the assistant's answer), as in common likelihood-based benchmarks: no
+generation, so the slice costs seconds, and every model is scored on exactly
+the same options.
 """
 
 from __future__ import annotations
@@ -22,7 +25,23 @@ CAPITALS = {
     "Norway": "Oslo", "Sweden": "Stockholm", "Poland": "Warsaw", "Ireland": "Dublin",
     "Kenya": "Nairobi", "Peru": "Lima", "Thailand": "Bangkok", "Argentina": "Buenos Aires",
     "Hungary": "Budapest", "Finland": "Helsinki", "Denmark": "Copenhagen", "Cuba": "Havana",
-    "Belgium": "Brussels",
+    "Belgium": "Brussels", "Mexico": "Mexico City", "India": "New Delhi",
+    "Australia": "Canberra", "South Korea": "Seoul", "Turkey": "Ankara", "Brazil": "Brasília",
+    "Chile": "Santiago", "Colombia": "Bogotá", "the Czech Republic": "Prague",
+    "Switzerland": "Bern", "the Netherlands": "Amsterdam", "Iceland": "Reykjavik",
+    "Romania": "Bucharest", "Bulgaria": "Sofia", "Serbia": "Belgrade", "Croatia": "Zagreb",
+    "Ukraine": "Kyiv", "Vietnam": "Hanoi", "Indonesia": "Jakarta", "the Philippines": "Manila",
+    "Saudi Arabia": "Riyadh", "Ghana": "Accra", "Morocco": "Rabat", "New Zealand": "Wellington",
+    "Pakistan": "Islamabad",
+}  # fmt: skip
+CONTINENTS = {
+    "France": "Europe", "Germany": "Europe", "Poland": "Europe", "Norway": "Europe",
+    "Italy": "Europe", "Japan": "Asia", "China": "Asia", "India": "Asia", "Thailand": "Asia",
+    "Vietnam": "Asia", "Kenya": "Africa", "Egypt": "Africa", "Nigeria": "Africa",
+    "Ghana": "Africa", "Morocco": "Africa", "Peru": "South America", "Brazil": "South America",
+    "Chile": "South America", "Argentina": "South America", "Colombia": "South America",
+    "Canada": "North America", "Mexico": "North America", "the United States": "North America",
+    "Australia": "Oceania", "New Zealand": "Oceania",
 }  # fmt: skip
 OPPOSITES = {
     "hot": "cold", "big": "small", "up": "down", "day": "night", "fast": "slow",
@@ -30,7 +49,25 @@ OPPOSITES = {
     "young": "old", "high": "low", "wet": "dry", "hard": "soft", "rich": "poor",
     "strong": "weak", "thick": "thin", "loud": "quiet", "clean": "dirty", "win": "lose",
     "push": "pull", "buy": "sell", "first": "last", "inside": "outside", "true": "false",
+    "left": "right", "near": "far", "above": "below", "before": "after", "give": "take",
+    "love": "hate", "remember": "forget", "start": "finish", "always": "never",
+    "arrive": "leave", "cheap": "expensive", "deep": "shallow", "north": "south",
+    "east": "west", "friend": "enemy", "question": "answer", "sweet": "sour", "tall": "short",
+    "laugh": "cry", "accept": "refuse", "entrance": "exit", "asleep": "awake",
+    "borrow": "lend", "safe": "dangerous", "wide": "narrow",
 }  # fmt: skip
+PLURALS = {
+    "child": "children", "man": "men", "woman": "women", "mouse": "mice", "goose": "geese",
+    "tooth": "teeth", "foot": "feet", "person": "people", "ox": "oxen", "cactus": "cacti",
+    "leaf": "leaves", "knife": "knives", "wife": "wives", "wolf": "wolves", "half": "halves",
+    "life": "lives", "loaf": "loaves", "potato": "potatoes", "tomato": "tomatoes",
+    "hero": "heroes", "city": "cities", "baby": "babies", "party": "parties", "box": "boxes",
+    "bus": "buses",
+}  # fmt: skip
+DAYS = "Monday Tuesday Wednesday Thursday Friday Saturday Sunday".split()
+MONTHS = (
+    "January February March April May June July August September October November December"
+).split()
 FACTS = [
     ("How many days are there in a week?", "Seven", ["Five", "Ten"]),
     ("How many legs does a spider have?", "Eight", ["Six", "Four"]),
@@ -57,6 +94,12 @@ FACTS = [
     ("Which instrument has black and white keys?", "The piano", ["The drum", "The trumpet"]),
     ("What do you use to write on a blackboard?", "Chalk", ["Soap", "Glue"]),
     ("Which month has the fewest days?", "February", ["March", "August"]),
+    ("What colour is grass?", "Green", ["Orange", "Pink"]),
+    ("How many legs does a dog have?", "Four", ["Two", "Eight"]),
+    ("What do cows drink?", "Water", ["Milk", "Oil"]),
+    ("Which meal do people eat in the morning?", "Breakfast", ["Dinner", "Supper"]),
+    ("How many minutes are there in an hour?", "Sixty", ["Thirty", "Hundred"]),
+    ("What falls from clouds when it rains?", "Water", ["Sand", "Leaves"]),
 ]
 
 
@@ -71,24 +114,38 @@ class Question:
 
 
 def questions(seed: int = 0) -> list[Question]:
-    """The 100 questions, with distractors drawn by a seeded generator."""
+    """The 300 questions, with distractors drawn by a seeded generator."""
     rng = random.Random(seed)
     made = []
-    cities = list(CAPITALS.values())
+
+    def ask(prompt: str, answer: str, pool: list[str]) -> None:
+        others = sorted({x for x in pool if x.lower() != answer.lower()})
+        made.append((prompt, answer, rng.sample(others, 2)))
+
     for country, city in CAPITALS.items():
-        wrong = rng.sample([c for c in cities if c != city], 2)
-        made.append((f"What is the capital of {country}?", city, wrong))
+        ask(f"What is the capital of {country}?", city, list(CAPITALS.values()))
+    for country, continent in CONTINENTS.items():
+        ask(f"On which continent is {country}?", continent, sorted(set(CONTINENTS.values())))
     for word, opposite in OPPOSITES.items():
-        wrong = rng.sample([o for o in OPPOSITES.values() if o != opposite], 2)
-        made.append((f"What is the opposite of '{word}'?", opposite.capitalize(), wrong))
+        ask(f"What is the opposite of '{word}'?", opposite.capitalize(), list(OPPOSITES.values()))
+    for word, plural in PLURALS.items():
+        ask(f"What is the plural of '{word}'?", plural, [word + "s", word + "es", word + "en"])
+    for names, kind in ((DAYS, "day"), (MONTHS, "month")):
+        for i, name in enumerate(names):
+            ask(f"Which {kind} comes after {name}?", names[(i + 1) % len(names)], names)
+    for sign, apply in (("plus", int.__add__), ("minus", int.__sub__), ("times", int.__mul__)):
+        pairs = [(a, b) for a in range(2, 21) for b in range(2, 13) if sign != "minus" or a > b]
+        for a, b in rng.sample(pairs, 25):
+            right = apply(a, b)
+            near = [str(right + d) for d in (-3, -2, -1, 1, 2, 3) if right + d >= 0]
+            ask(f"What is {a} {sign} {b}?", str(right), near)
     for _ in range(25):
-        a, b = rng.randint(2, 20), rng.randint(2, 20)
-        wrong = rng.sample([a + b + d for d in (-3, -2, -1, 1, 2, 3) if a + b + d > 0], 2)
-        made.append((f"What is {a} plus {b}?", str(a + b), [str(w) for w in wrong]))
+        numbers = [str(n) for n in rng.sample(range(10, 1000), 3)]
+        ask(f"Which is the largest: {', '.join(numbers)}?", max(numbers, key=int), numbers)
     made += FACTS
     result = []
     for prompt, answer, wrong in made:
-        options = [answer, *(w.capitalize() if answer[0].isupper() else w for w in wrong)]
+        options = [answer, *(w[0].upper() + w[1:] if answer[0].isupper() else w for w in wrong)]
         rng.shuffle(options)
         result.append(Question(prompt, answer, tuple(options)))
     return result
