@@ -56,6 +56,7 @@ TARGETS = {
 
 
 MAX_MISSES = 20  # wrong answers kept per model, to see what the errors are
+POSITIVE_TOKENS = 160  # room for a whole prose answer
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -73,6 +74,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--batch", type=int, default=16, help="generation batch size")
     parser.add_argument(
+        "--positives",
+        type=int,
+        default=0,
+        help="add this many thumbs-up answers from traffic outside the scenario (the base "
+        "model's own answers, no system prompt), as the cycle does with "
+        "TUNEBACK_INCLUDE_POSITIVES; weighted by TUNEBACK_POSITIVE_WEIGHT",
+    )
+    parser.add_argument(
         "--threads", type=int, help="torch threads, here and in the training children"
     )
     parser.add_argument(
@@ -86,19 +95,47 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.sizes = sorted(int(size) for size in args.sizes.split(","))
     if not 1 <= args.heldout <= len(messages("test")):
         parser.error(f"--heldout must be between 1 and {len(messages('test'))}")
-    if args.sizes[-1] > len(messages("train")):
-        parser.error(f"sizes must be at most {len(messages('train'))}")
+    if args.sizes[-1] + args.positives > len(messages("train")):
+        parser.error(f"sizes plus --positives must be at most {len(messages('train'))}")
     return args
 
 
-def train(scenario: Scenario, size: int, base: Path, work: Path, config: TrainConfig) -> dict:
-    """One adapter on the first ``size`` corrections, by the cycle's training child."""
+def positives(count: int, base: Path, work: Path, batch: int) -> list[dict]:
+    """Thumbs-up answers from the rest of the day's traffic: the base model's own answers to
+    the last ``count`` training-split messages, asked as plain chats (no scenario prompt).
+
+    Only answers that end (a full stop, question or exclamation mark) are kept, as a
+    customer would not upvote one cut off mid-sentence. Cached in WORK/positives.
+    """
+    path = work / "positives" / f"{count}.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    from retrain.evaluate import Scorer
+
+    print(f"answering {count} general chats with the base model (thumbs-up positives)", flush=True)
+    prompts = [[{"role": "user", "content": m.text}] for m in messages("train")[-count:]]
+    answers = Scorer(str(base), {}).generate(prompts, POSITIVE_TOKENS, batch)
+    rows = [
+        {"prompt": prompt, "completion": answer.strip(), "kind": "positive"}
+        for prompt, answer in zip(prompts, answers, strict=True)
+        if answer.strip().endswith((".", "?", "!"))
+    ]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(rows, indent=1))
+    return rows
+
+
+def train(
+    scenario: Scenario, size: int, base: Path, work: Path, config: TrainConfig, extra: list[dict]
+) -> dict:
+    """One adapter on the first ``size`` corrections (and ``extra`` positives), by the
+    cycle's training child."""
     out = work / scenario.name / f"n{size:03d}"
     out.mkdir(parents=True, exist_ok=True)
     rows = [
         {"prompt": scenario.prompt(m), "completion": scenario.reference(m), "kind": "sft"}
         for m in messages("train")[:size]
-    ]
+    ] + extra
     job = TrainJob(str(base), str(out), sft=rows, config=config, run_id=f"{scenario.name}-{size}")
     job.save(out / "train_job.json")
     done = subprocess.run(
@@ -136,8 +173,11 @@ def run_scenario(args: argparse.Namespace, name: str, base: Path, results: dict)
 
     scenario = get_scenario(name)
     heldout = list(messages("test")[: args.heldout])
-    config = TrainConfig.from_settings(Settings())
+    config = TrainConfig.from_settings(Settings(include_positives=args.positives > 0))
+    extra = positives(args.positives, base, args.work, args.batch) if args.positives else []
     entry = results["scenarios"].setdefault(name, {"headline": scenario.headline, "adapters": {}})
+    entry.setdefault("positives", len(extra))
+    entry.setdefault("train_config", asdict(config))
     entry.setdefault("heldout", len(heldout))
     if args.command not in entry.setdefault("commands", []):
         entry["commands"].append(args.command)
@@ -145,13 +185,13 @@ def run_scenario(args: argparse.Namespace, name: str, base: Path, results: dict)
         print(f"[{name}] scoring the base model on {len(heldout)} held-out messages", flush=True)
         entry["base"] = score(Scorer(str(base), {}), "base", scenario, heldout, args.batch)
         save(args, results)
-    if entry["heldout"] != len(heldout):
-        raise SystemExit(f"{name}: --resume with another --heldout than the saved results")
+    if (entry["heldout"], entry["positives"]) != (len(heldout), len(extra)):
+        raise SystemExit(f"{name}: --resume with another --heldout or --positives than saved")
     for size in args.sizes:
         if str(size) in entry["adapters"]:
             continue  # measured by an earlier run (--resume)
         print(f"[{name}] training on {size} corrections", flush=True)
-        trained = train(scenario, size, base, args.work, config)
+        trained = train(scenario, size, base, args.work, config, extra)
         scorer = Scorer(str(base), {"adapter": trained["adapter"]})
         print(f"[{name}] scoring the adapter trained on {size}", flush=True)
         scored = score(scorer, "adapter", scenario, heldout, args.batch)
