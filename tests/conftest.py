@@ -41,6 +41,19 @@ TABLES = (
 )
 
 
+def load_bench(name: str):  # noqa: ANN201
+    """``bench/<name>.py`` as a module, for tests of a benchmark's own logic."""
+    import importlib.util
+    import sys
+
+    path = Path(__file__).resolve().parents[1] / "bench" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up by name
+    spec.loader.exec_module(module)
+    return module
+
+
 def service_missing(what: str, error: Exception) -> None:
     if REQUIRE_SERVICES:
         pytest.fail(f"{what} is required (TUNEBACK_REQUIRE_SERVICES=1) but unreachable: {error}")

@@ -4,35 +4,34 @@ are the cycle's own, tested in tests/retrain."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import pytest
 
-BENCH = Path(__file__).resolve().parents[2] / "bench" / "quality.py"
+from tests.conftest import load_bench
 
 
 @pytest.fixture(scope="module")
 def quality():
-    spec = importlib.util.spec_from_file_location("quality_bench", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["quality_bench"] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_bench("quality")
 
 
 def measured(headline: str, base: float, sanity_base: float, curve: dict) -> dict:
     """A scenario entry: ``curve`` maps size -> (headline metric, sanity accuracy)."""
-    adapters = {
-        str(size): {"metrics": {headline: value, "sanity_accuracy": sanity}}
-        for size, (value, sanity) in curve.items()
-    }
+
+    def metrics(value: float, sanity: float) -> dict:  # with what the plot draws, if matplotlib
+        return {
+            headline: value,
+            "format_valid": 1.0,
+            "rule_greeting": 1.0,
+            "sanity_accuracy": sanity,
+        }
+
+    adapters = {str(size): {"metrics": metrics(*point)} for size, point in curve.items()}
     return {
         "headline": headline,
         "heldout": 10,
-        "base": {"metrics": {headline: base, "sanity_accuracy": sanity_base}},
+        "base": {"metrics": metrics(base, sanity_base)},
         "adapters": adapters,
     }
 
@@ -58,8 +57,9 @@ def test_two_runs_sharing_the_results_folder_keep_each_others_scenario(quality, 
     def args(scenario):  # noqa: ANN001, ANN202
         return quality.parse_args(["--scenarios", scenario, "--out", str(tmp_path)])
 
-    extraction = {"scenarios": {"extraction": measured("field_accuracy", 0.0, 0.6, {})}}
-    style = {"scenarios": {"style": measured("rule_adherence", 0.0, 0.6, {})}}
+    run = {"base_model": "/models/tiny", "device": "cpu"}
+    extraction = {**run, "scenarios": {"extraction": measured("field_accuracy", 0.0, 0.6, {})}}
+    style = {**run, "scenarios": {"style": measured("rule_adherence", 0.0, 0.6, {})}}
     quality.save(args("extraction"), extraction)
     quality.save(args("style"), style)
     extraction["scenarios"]["extraction"] = measured("field_accuracy", 0.0, 0.6, {200: (0.96, 0.6)})
@@ -72,9 +72,9 @@ def test_two_runs_sharing_the_results_folder_keep_each_others_scenario(quality, 
     assert saved["metrics"]["field_accuracy"] == 0.96
     assert on_disk["targets"]["checks"]["extraction: field accuracy >= 0.95 at 200"] is True
 
-    style["scenarios"]["style"]["adapters"]["25"] = {
-        "metrics": {"rule_adherence": 1.0, "sanity_accuracy": 0.6}
-    }
+    style["scenarios"]["style"]["adapters"]["25"] = measured(
+        "rule_adherence", 0.0, 0.6, {25: (1.0, 0.6)}
+    )["adapters"]["25"]
     quality.save(args("style"), style)  # a stale copy of extraction is not written back
     on_disk = json.loads((tmp_path / "quality.json").read_text())
     assert "200" in on_disk["scenarios"]["extraction"]["adapters"]

@@ -5,21 +5,14 @@ and the measurement are ``bench/pii_recall.py`` (run it for the full report)."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 
-BENCH = Path(__file__).resolve().parents[2] / "bench" / "pii_recall.py"
+from tests.conftest import load_bench
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("pii_recall", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["pii_recall"] = module
-    spec.loader.exec_module(module)
+    module = load_bench("pii_recall")
     if not module.BANKING77.exists():
         pytest.skip(f"{module.BANKING77} is not available")
     return module
