@@ -38,6 +38,7 @@ from feedback.models import ServingReplica, utcnow
 
 log = logging.getLogger(__name__)
 BASE = "base"  # how reports name the bare base model
+RETRY_SECONDS = 1.0  # a heartbeat that could not be written is tried again this soon
 
 
 @dataclass(frozen=True)
@@ -251,5 +252,7 @@ class Heartbeat:
                 if not failing:
                     log.warning("replica %s: heartbeat not written: %s", self.replica_id, error)
                 failing = True
-            self._wake.wait(self.interval)
+            # A beat lost to a busy database (a swap's report, say) is retried soon,
+            # not at the next interval.
+            self._wake.wait(min(self.interval, RETRY_SECONDS) if failing else self.interval)
             self._wake.clear()
