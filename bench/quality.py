@@ -107,7 +107,7 @@ def positives(count: int, base: Path, work: Path, batch: int) -> list[dict]:
     Only answers that end (a full stop, question or exclamation mark) are kept, as a
     customer would not upvote one cut off mid-sentence. Cached in WORK/positives.
     """
-    path = work / "positives" / f"{count}.json"
+    path = work / "positives" / f"{base.name}-{count}.json"  # another base model answers anew
     if path.exists():
         return json.loads(path.read_text())
     from retrain.evaluate import Scorer
@@ -116,9 +116,9 @@ def positives(count: int, base: Path, work: Path, batch: int) -> list[dict]:
     prompts = [[{"role": "user", "content": m.text}] for m in messages("train")[-count:]]
     answers = Scorer(str(base), {}).generate(prompts, POSITIVE_TOKENS, batch)
     rows = [
-        {"prompt": prompt, "completion": answer.strip(), "kind": "positive"}
-        for prompt, answer in zip(prompts, answers, strict=True)
-        if answer.strip().endswith((".", "?", "!"))
+        {"prompt": prompt, "completion": answer, "kind": "positive"}
+        for prompt, answer in zip(prompts, (a.strip() for a in answers), strict=True)
+        if answer.endswith((".", "?", "!"))
     ]
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(rows, indent=1))
@@ -156,14 +156,15 @@ def score(scorer, name: str, scenario: Scenario, heldout: list, batch: int) -> d
     with scorer.use(name):
         prompts = [scenario.prompt(m) for m in heldout]
         answers = scorer.generate(prompts, scenario.max_tokens, batch)
-        metrics = scenario.score(answers, [scenario.reference(m) for m in heldout])
+        references = [scenario.reference(m) for m in heldout]
+        metrics = scenario.score(answers, references)
         metrics.update(sanity.score(scorer.answer_loss, sanity.questions()))
     metrics["eval_s"] = round(time.monotonic() - started, 1)
     samples = [{"message": m.text, "answer": a} for m, a in zip(heldout[:3], answers, strict=False)]
     misses = [
-        {"message": m.text, "answer": a, "reference": scenario.reference(m)}
-        for m, a in zip(heldout, answers, strict=True)
-        if not scenario.passes(a, scenario.reference(m))
+        {"message": m.text, "answer": a, "reference": r}
+        for m, a, r in zip(heldout, answers, references, strict=True)
+        if not scenario.passes(a, r)
     ]
     return {"metrics": metrics, "samples": samples, "misses": misses[:MAX_MISSES]}
 
