@@ -11,7 +11,7 @@ test split):
   kinds), field accuracy (share of fields exactly right; an invalid answer has all
   fields wrong), exact records, and each field's accuracy;
 * style: rule adherence (every house rule holds) and each rule's rate;
-* both: the general sanity slice (``retrain.scenarios.sanity``: 100 multiple-choice
+* both: the general sanity slice (``retrain.scenarios.sanity``: 300 multiple-choice
   questions outside the scenario, answered by likelihood), which must not drop by
   more than 2 points.
 
@@ -158,7 +158,7 @@ def score(scorer, name: str, scenario: Scenario, heldout: list, batch: int) -> d
         answers = scorer.generate(prompts, scenario.max_tokens, batch)
         references = [scenario.reference(m) for m in heldout]
         metrics = scenario.score(answers, references)
-        metrics.update(sanity.score(scorer.answer_loss, sanity.questions()))
+        metrics.update(sanity.score(scorer.answer_losses, sanity.questions()))
     metrics["eval_s"] = round(time.monotonic() - started, 1)
     samples = [{"message": m.text, "answer": a} for m, a in zip(heldout[:3], answers, strict=False)]
     misses = [

@@ -13,6 +13,7 @@ leaves no result file, and the cycle then fails closed.
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import math
@@ -113,7 +114,7 @@ class Scorer:
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         self.tokenizer = AutoTokenizer.from_pretrained(base_model)
         self.tokenizer.padding_side = "left"
-        model = AutoModelForCausalLM.from_pretrained(base_model, dtype=torch.float32)
+        model = base = AutoModelForCausalLM.from_pretrained(base_model, dtype=torch.float32)
         if adapters:
             from peft import PeftModel
 
@@ -123,6 +124,9 @@ class Scorer:
                 model.load_adapter(path, adapter_name=name)
         self.model = model.to(self.device).eval()
         self.has_adapters = bool(adapters)
+        # transformers 5 renamed ``past_key_values`` (argument and output) to ``cache``.
+        forward = inspect.signature(type(base).forward).parameters
+        self.cache_kwarg = "cache" if "cache" in forward else "past_key_values"
 
     def use(self, name: str) -> Any:
         """A context in which the model answers as ``name`` (``base``: no adapter)."""
@@ -138,19 +142,61 @@ class Scorer:
             messages, add_generation_prompt=True, tokenize=True, return_dict=True
         )["input_ids"]
 
-    def answer_loss(self, messages: list[dict], answer: str) -> float:
-        """Mean negative log-likelihood per token of ``answer`` after ``messages``."""
-        prompt = self._prompt_ids(messages)
+    def answer_losses(self, pairs: list[tuple[list[dict], str]]) -> list[float]:
+        """Mean negative log-likelihood per token of each ``answer`` after its ``messages``.
+
+        ``pairs`` are ``(messages, answer)``; the answer's tokens are those the chat
+        template adds for the assistant's turn, its closing tokens included.
+
+        Answers to the same messages (the options of a multiple-choice question) share
+        one pass over the prompt: its key/value cache is repeated for each answer,
+        which is scored as if the whole sequence were run alone.
+        """
+        groups: dict[str, list[int]] = {}
+        for index, (messages, _) in enumerate(pairs):
+            groups.setdefault(json.dumps(messages, sort_keys=True), []).append(index)
+        losses = [math.nan] * len(pairs)
+        for indices in groups.values():
+            prompt = self._prompt_ids(pairs[indices[0]][0])
+            tails = [self._answer_ids(*pairs[i], prompt) for i in indices]
+            for i, loss in zip(indices, self._continuation_losses(prompt, tails), strict=True):
+                losses[i] = loss
+        return losses
+
+    def _answer_ids(self, messages: list[dict], answer: str, prompt: list[int]) -> list[int]:
         full = self.tokenizer.apply_chat_template(
-            [*messages, {"role": "assistant", "content": answer}],
-            tokenize=True,
-            return_dict=True,
+            [*messages, {"role": "assistant", "content": answer}], tokenize=True, return_dict=True
         )["input_ids"]
-        ids = self.torch.tensor([full], device=self.device)
-        labels = ids.clone()
-        labels[:, : len(prompt)] = -100
-        with self.torch.no_grad():
-            return float(self.model(input_ids=ids, labels=labels).loss)
+        if full[: len(prompt)] != prompt:
+            raise ValueError("the chat template does not extend the prompt with the answer")
+        return full[len(prompt) :]
+
+    def _continuation_losses(self, prompt: list[int], tails: list[list[int]]) -> list[float]:
+        """Mean token loss of each tail after ``prompt``: the prompt once, the tails batched."""
+        torch = self.torch
+        width = max(len(t) for t in tails)
+        pad = self.tokenizer.pad_token_id or 0
+        ids = torch.tensor([t + [pad] * (width - len(t)) for t in tails], device=self.device)
+        mask = torch.tensor(
+            [[1] * (len(prompt) + len(t)) + [0] * (width - len(t)) for t in tails],
+            device=self.device,
+        )
+        with torch.no_grad():
+            first = self.model(
+                input_ids=torch.tensor([prompt], device=self.device),
+                use_cache=True,
+                logits_to_keep=1,
+            )
+            cache = getattr(first, self.cache_kwarg)
+            cache.batch_repeat_interleave(len(tails))
+            rest = self.model(input_ids=ids, attention_mask=mask, **{self.cache_kwarg: cache})
+        # Tail token j is predicted by the prompt's last logits (j = 0) or by tail token j - 1.
+        logits = torch.cat(
+            [first.logits[:, -1:].expand(len(tails), 1, -1), rest.logits[:, :-1]], dim=1
+        ).float()
+        nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), ids, reduction="none")
+        counted = mask[:, len(prompt) :].float()
+        return ((nll * counted).sum(1) / counted.sum(1)).tolist()
 
     def budget(self, cases: list[dict], ceiling: int) -> int:
         """New tokens to generate: enough for the longest reference, and no more."""
@@ -195,7 +241,9 @@ def score_model(scorer: Scorer, name: str, job: EvalJob) -> dict[str, float]:
         if job.heldout:
             pairs = list(zip(answers(job.heldout), job.heldout, strict=True))
             metrics["heldout_loss"] = _mean(
-                [scorer.answer_loss(c["prompt"], c["completion"]) for c in job.heldout]
+                scorer.answer_losses(
+                    [(_messages(c["prompt"]), c["completion"]) for c in job.heldout]
+                )
             )
             metrics["heldout_exact"] = _mean(
                 [float(a == c["completion"].strip()) for a, c in pairs]

@@ -151,14 +151,20 @@ def questions(seed: int = 0) -> list[Question]:
     return result
 
 
-def score(loss: Callable[[list[dict], str], float], slice_: list[Question]) -> dict[str, float]:
+def score(
+    losses: Callable[[list[tuple[list[dict], str]]], list[float]], slice_: list[Question]
+) -> dict[str, float]:
     """``sanity_accuracy``: share of questions whose right option has the lowest loss.
 
-    ``loss(messages, answer)`` is the mean token loss of ``answer`` as the
-    assistant's reply (:meth:`retrain.evaluate.Scorer.answer_loss`).
+    ``losses(pairs)`` gives, for each ``(messages, option)`` pair, the mean token
+    loss of the option as the assistant's reply
+    (:meth:`retrain.evaluate.Scorer.answer_losses`): all options of all
+    questions go in one call, so the options of a question share one pass over it.
     """
+    pairs = [(q.messages(), option) for q in slice_ for option in q.options]
+    flat = iter(losses(pairs))
     right = 0
     for question in slice_:
-        losses = {option: loss(question.messages(), option) for option in question.options}
-        right += min(losses, key=losses.get) == question.answer
+        by_option = {option: next(flat) for option in question.options}
+        right += min(by_option, key=by_option.get) == question.answer
     return {"sanity_accuracy": right / len(slice_)}

@@ -127,11 +127,11 @@ def test_the_sanity_slice_picks_the_most_likely_option():
 
     by_prompt = {q.prompt: q for q in questions}
 
-    def knows_everything(messages_, option):
-        return 0.0 if option == by_prompt[messages_[-1]["content"]].answer else 1.0
+    def knows_everything(pairs):
+        return [0.0 if o == by_prompt[m[-1]["content"]].answer else 1.0 for m, o in pairs]
 
-    def prefers_first(messages_, option):
-        return float(by_prompt[messages_[-1]["content"]].options.index(option))
+    def prefers_first(pairs):
+        return [float(by_prompt[m[-1]["content"]].options.index(o)) for m, o in pairs]
 
     assert sanity.score(knows_everything, questions)["sanity_accuracy"] == 1.0
     first_right = sum(q.options[0] == q.answer for q in questions) / 300

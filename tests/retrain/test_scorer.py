@@ -1,0 +1,40 @@
+"""The evaluator's likelihoods: options sharing a prompt are scored in one batch with the
+prompt's cache repeated, and must equal a plain forward pass over each whole sequence."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from retrain.evaluate import Scorer
+
+QUESTIONS = [
+    ([{"role": "user", "content": "What is the capital of France?"}], ["Paris", "Berlin", "Rome"]),
+    ([{"role": "user", "content": "What is 7 plus 5?"}], ["12", "Thirteen", "A dozen eggs"]),
+    ([{"role": "system", "content": "Answer in JSON."}, {"role": "user", "content": "Hi"}], ["{}"]),
+]
+
+
+def whole_sequence_loss(scorer: Scorer, messages: list[dict], answer: str) -> float:
+    prompt = scorer._prompt_ids(messages)
+    ids = scorer.tokenizer.apply_chat_template(
+        [*messages, {"role": "assistant", "content": answer}], tokenize=True, return_dict=True
+    )["input_ids"]
+    tensor = torch.tensor([ids])
+    labels = tensor.clone()
+    labels[:, : len(prompt)] = -100
+    with torch.no_grad():
+        return float(scorer.model(input_ids=tensor, labels=labels).loss)
+
+
+def test_batched_answer_losses_equal_whole_sequence_losses(tiny_model):
+    scorer = Scorer(tiny_model, {})
+    pairs = [(messages, option) for messages, options in QUESTIONS for option in options]
+    # interleave prompts, so grouping by prompt must put each loss back in its place
+    pairs = pairs[::2] + pairs[1::2]
+
+    losses = scorer.answer_losses(pairs)
+
+    expected = [whole_sequence_loss(scorer, m, a) for m, a in pairs]
+    assert losses == pytest.approx(expected, abs=1e-4)
+    assert len(set(losses)) == len(losses)  # a random model still tells the options apart
