@@ -125,16 +125,41 @@ def positives(count: int, base: Path, work: Path, batch: int) -> list[dict]:
     return rows
 
 
+def served(scenario: Scenario, count: int, base: Path, work: Path, batch: int) -> list[str | None]:
+    """What the base model served to the first ``count`` training messages, for scenarios
+    whose corrections edit the served answer (style); None each for the others.
+    Cached in WORK/served."""
+    if not scenario.edits_served:
+        return [None] * count
+    path = work / "served" / f"{base.name}-{scenario.name}-{count}.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    from retrain.evaluate import Scorer
+
+    print(f"[{scenario.name}] serving {count} training messages with the base model", flush=True)
+    prompts = [scenario.prompt(m) for m in messages("train")[:count]]
+    answers = Scorer(str(base), {}).generate(prompts, scenario.max_tokens, batch)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(answers, indent=1, ensure_ascii=False))
+    return answers
+
+
 def train(
-    scenario: Scenario, size: int, base: Path, work: Path, config: TrainConfig, extra: list[dict]
+    scenario: Scenario,
+    size: int,
+    base: Path,
+    work: Path,
+    config: TrainConfig,
+    extra: list[dict],
+    answers: list[str | None],
 ) -> dict:
-    """One adapter on the first ``size`` corrections (and ``extra`` positives), by the
-    cycle's training child."""
+    """One adapter on the first ``size`` corrections of the served ``answers`` (and
+    ``extra`` positives), by the cycle's training child."""
     out = work / scenario.name / f"n{size:03d}"
     out.mkdir(parents=True, exist_ok=True)
     rows = [
-        {"prompt": scenario.prompt(m), "completion": scenario.reference(m), "kind": "sft"}
-        for m in messages("train")[:size]
+        {"prompt": scenario.prompt(m), "completion": scenario.reference(m, a), "kind": "sft"}
+        for m, a in zip(messages("train")[:size], answers, strict=False)
     ] + extra
     job = TrainJob(str(base), str(out), sft=rows, config=config, run_id=f"{scenario.name}-{size}")
     job.save(out / "train_job.json")
@@ -156,7 +181,7 @@ def score(scorer, name: str, scenario: Scenario, heldout: list, batch: int) -> d
     with scorer.use(name):
         prompts = [scenario.prompt(m) for m in heldout]
         answers = scorer.generate(prompts, scenario.max_tokens, batch)
-        references = [scenario.reference(m) for m in heldout]
+        references = [scenario.reference(m, a) for m, a in zip(heldout, answers, strict=True)]
         metrics = scenario.score(answers, references)
         metrics.update(sanity.score(scorer.answer_losses, sanity.questions()))
     metrics["eval_s"] = round(time.monotonic() - started, 1)
@@ -188,11 +213,12 @@ def run_scenario(args: argparse.Namespace, name: str, base: Path, results: dict)
         save(args, results)
     if (entry["heldout"], entry["positives"]) != (len(heldout), len(extra)):
         raise SystemExit(f"{name}: --resume with another --heldout or --positives than saved")
+    answers = served(scenario, args.sizes[-1], base, args.work, args.batch)
     for size in args.sizes:
         if str(size) in entry["adapters"]:
             continue  # measured by an earlier run (--resume)
         print(f"[{name}] training on {size} corrections", flush=True)
-        trained = train(scenario, size, base, args.work, config, extra)
+        trained = train(scenario, size, base, args.work, config, extra, answers)
         scorer = Scorer(str(base), {"adapter": trained["adapter"]})
         print(f"[{name}] scoring the adapter trained on {size}", flush=True)
         scored = score(scorer, "adapter", scenario, heldout, args.batch)

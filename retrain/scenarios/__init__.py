@@ -27,6 +27,7 @@ class Scenario:
     max_tokens: int  # enough for the longest correction
     headline: str  # the metric a person looks at first
     module: ModuleType
+    edits_served: bool = False  # corrections edit the served answer (reference needs it)
 
     def prompt(self, message: Message | str) -> list[dict[str, str]]:
         text = message.text if isinstance(message, Message) else message
@@ -35,9 +36,10 @@ class Scenario:
             {"role": "user", "content": text},
         ]
 
-    def reference(self, message: Message) -> str:
-        """The correction an agent writes for ``message``."""
-        return self.module.reference(message)
+    def reference(self, message: Message, served: str | None = None) -> str:
+        """The correction an agent writes for ``message`` after reading the ``served``
+        answer (style edits it; extraction writes the record whatever was served)."""
+        return self.module.reference(message, served)
 
     def passes(self, answer: str, reference: str) -> bool:
         """Whether one answer is right (votes and golden checks use this)."""
@@ -64,6 +66,7 @@ SCENARIOS: dict[str, Scenario] = {
         max_tokens=80,
         headline="rule_adherence",
         module=style,
+        edits_served=True,
     ),
 }
 

@@ -83,8 +83,9 @@ def record(message: Message) -> dict[str, Any]:
     }
 
 
-def reference(message: Message) -> str:
-    """The agent's correction: the gold record as compact, key-ordered JSON."""
+def reference(message: Message, served: str | None = None) -> str:
+    """The agent's correction: the gold record as compact, key-ordered JSON, whatever
+    was served."""
     return json.dumps(record(message))
 
 

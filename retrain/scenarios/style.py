@@ -7,20 +7,31 @@ The rules, checked by code (:func:`rule_checks`):
 * ``no_exclamation``: it has no exclamation mark;
 * ``length``: it has at most :data:`MAX_WORDS` words.
 
-The agents' corrections are real answers in that style: a greeting, an
-answer about the message's topic (two hand-written variants per topic, picked
-by a stable hash of the message), an offer to help further, and the sign-off.
+The agents' corrections edit the answer that was served (:func:`restyle`): its
+greeting and exclamation marks go, it is cut to its first complete sentences,
+and it gets the house greeting and sign-off. The content stays the model's own:
+style feedback fixes tone, not facts. When a served answer has no complete
+sentence to keep, or no answer is given, the agent writes a reply of their own
+(:func:`reference`: a hand-written answer about the message's topic, two
+variants per topic).
+
+Why edits and not canned replies: trained on canned replies, the adapter learns
+to ignore the question and recite one of fourteen answers, and it does so for
+every prompt, general questions included (measured in docs/demo.md: 16 points
+lost on the general sanity slice at 200 corrections).
 """
 
 from __future__ import annotations
 
 import hashlib
+import re
 
 from retrain.scenarios.banking77 import Message
 
 GREETING = "Hi there,"
 SIGN_OFF = "— The Acme Bank team"
 MAX_WORDS = 60
+BODY_WORDS = 40  # what an edited answer keeps: room under MAX_WORDS for greeting and sign-off
 RULES = ("greeting", "sign_off", "no_exclamation", "length")
 
 SYSTEM_PROMPT = (
@@ -71,13 +82,46 @@ FOLLOW_UP = (
 )
 
 
-def reference(message: Message) -> str:
-    """The agent's correction for ``message``: an answer in the house style."""
+def reference(message: Message, served: str | None = None) -> str:
+    """The agent's correction for ``message``: the ``served`` answer edited into the house
+    style, or, without one worth editing, a reply of their own in that style."""
+    if served is not None and (edited := restyle(served)) is not None:
+        return edited
     pick = hashlib.sha256(message.text.encode()).digest()[0]
     snippet = SNIPPETS[message.topic][pick % 2]
     follow_up = FOLLOW_UP[(pick // 2) % 2]
     body = f"{snippet[0].upper()}{snippet[1:]} {follow_up}"
     return f"{GREETING} thanks for getting in touch. {body}\n{SIGN_OFF}"
+
+
+_OPENER = re.compile(r"^(?:hi|hello|hey|dear|greetings)\b[^,.!?\n]{0,40}[,.!?]\s*", re.I)
+_EXCLAIMED = re.compile(r"[?.]*![!?.]*")  # "Great!!" -> "Great.", "Really?!" -> "Really?"
+_SENTENCE = re.compile(r"[^.?]*[.?](?=\s|$)")
+
+
+def restyle(served: str) -> str | None:
+    """``served`` in the house style: its own opener and sign-off dropped, "!" made ".",
+    the first complete sentences kept up to :data:`BODY_WORDS` words, then the house
+    greeting and sign-off. None when no complete sentence fits (a cut-off answer)."""
+    text = _EXCLAIMED.sub(lambda m: "?" if "?" in m.group() else ".", served.replace(SIGN_OFF, " "))
+    text = _OPENER.sub("", " ".join(text.split()))
+    kept: list[str] = []
+    for sentence in (m.group().strip() for m in _SENTENCE.finditer(text)):
+        if len(" ".join([*kept, sentence]).split()) > BODY_WORDS:
+            break
+        if sentence.strip(". ?"):
+            kept.append(sentence)
+    if not kept:
+        return None
+    return f"{GREETING} {_after_comma(' '.join(kept))}\n{SIGN_OFF}"
+
+
+def _after_comma(body: str) -> str:
+    """``body`` going on after "Hi there,": "Thank you" becomes "thank you", "I" stays."""
+    first = body.split()[0]
+    if (first[1:].islower() or first == "A") and not first.startswith("I'"):
+        return body[0].lower() + body[1:]
+    return body
 
 
 def rule_checks(answer: str) -> dict[str, bool]:

@@ -78,6 +78,46 @@ def test_every_style_correction_follows_the_house_rules():
         assert style.rule_checks(answer) == dict.fromkeys(style.RULES, True), answer
 
 
+THEN = "Then it shows in the app and in your statement."  # 10 words
+
+
+@pytest.mark.parametrize(
+    ("served", "body"),
+    [
+        (
+            "Hello! Thank you for reaching out! Your new card arrives in 3 to 5 days. Best,",
+            "thank you for reaching out. Your new card arrives in 3 to 5 days.",
+        ),
+        (
+            "Hi there, I am sorry. You can reset your PIN in the app.\n— The Acme Bank team",
+            "I am sorry. You can reset your PIN in the app.",
+        ),
+        (
+            "I'm sorry to hear that!! Really?! Top-ups show within minutes.",
+            "I'm sorry to hear that. Really? Top-ups show within minutes.",
+        ),
+        # cut to whole sentences within BODY_WORDS: 5 + 3 x 10 words, not a fourth
+        (
+            f"A refund takes 5 days. {THEN} {THEN} {THEN} {THEN}",
+            f"a refund takes 5 days. {THEN} {THEN} {THEN}",
+        ),
+    ],
+)
+def test_a_style_correction_edits_the_served_answer(served, body):
+    edited = style.reference(messages("train")[0], served)
+    assert edited == f"{style.GREETING} {body}\n{style.SIGN_OFF}"
+    assert style.rule_checks(edited) == dict.fromkeys(style.RULES, True)
+    assert style.restyle(edited) == edited  # editing an edited answer changes nothing
+
+
+def test_a_cut_off_served_answer_gets_the_agents_own_reply():
+    message = messages("train")[0]
+    cut_off = "Thank you for your message about the card you ordered last week and the"
+    assert style.restyle(cut_off) is None
+    assert style.reference(message, cut_off) == style.reference(message)
+    assert style.passes(style.reference(message))
+
+
 @pytest.mark.parametrize(
     ("answer", "broken"),
     [

@@ -89,7 +89,7 @@ class Demo:
             }
             out = self.api.call("POST", "/v1/chat/completions", self.keys["server"], body)
             text = out["choices"][0]["message"]["content"]
-            reference = self.scenario.reference(message)
+            reference = self.scenario.reference(message, text)
             return Answer(message, reference, out["id"], text, out["system_fingerprint"])
 
         pool = ThreadPoolExecutor(CONCURRENCY)
