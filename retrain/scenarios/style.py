@@ -96,20 +96,25 @@ def reference(message: Message, served: str | None = None) -> str:
 
 _OPENER = re.compile(r"^(?:hi|hello|hey|dear|greetings)\b[^,.!?\n]{0,40}[,.!?]\s*", re.I)
 _EXCLAIMED = re.compile(r"[?.]*![!?.]*")  # "Great!!" -> "Great.", "Really?!" -> "Really?"
+_LIST_NUMBER = re.compile(r"(?:^|\s)\d+\.(?=\s|$)")  # "Here's how: 1. Go to" -> "Here's how: Go to"
+_WORD = re.compile(r"[A-Za-z]{2}")
 _SENTENCE = re.compile(r"[^.?]*[.?](?=\s|$)")
 
 
 def restyle(served: str) -> str | None:
-    """``served`` in the house style: its own opener and sign-off dropped, "!" made ".",
-    the first complete sentences kept up to :data:`BODY_WORDS` words, then the house
-    greeting and sign-off. None when no complete sentence fits (a cut-off answer)."""
-    text = _EXCLAIMED.sub(lambda m: "?" if "?" in m.group() else ".", served.replace(SIGN_OFF, " "))
+    """``served`` in the house style: its own opener and sign-off, list numbers and bold
+    marks dropped, "!" made ".", the first complete sentences kept up to
+    :data:`BODY_WORDS` words, then the house greeting and sign-off. None when no
+    complete sentence fits (a cut-off answer)."""
+    text = served.replace(SIGN_OFF, " ").replace("**", "")
+    text = _EXCLAIMED.sub(lambda m: "?" if "?" in m.group() else ".", text)
+    text = _LIST_NUMBER.sub(" ", text)
     text = _OPENER.sub("", " ".join(text.split()))
     kept: list[str] = []
     for sentence in (m.group().strip() for m in _SENTENCE.finditer(text)):
         if len(" ".join([*kept, sentence]).split()) > BODY_WORDS:
             break
-        if sentence.strip(". ?"):
+        if _WORD.search(sentence):  # not a stray "15." of a looping answer
             kept.append(sentence)
     if not kept:
         return None

@@ -96,6 +96,10 @@ THEN = "Then it shows in the app and in your statement."  # 10 words
             "I'm sorry to hear that!! Really?! Top-ups show within minutes.",
             "I'm sorry to hear that. Really? Top-ups show within minutes.",
         ),
+        (
+            "15. Here's how: 1. Open **Exchange** in the app. 2. Pick the currencies. 1. 1. 1.",
+            "here's how: Open Exchange in the app. Pick the currencies.",
+        ),
         # cut to whole sentences within BODY_WORDS: 5 + 3 x 10 words, not a fourth
         (
             f"A refund takes 5 days. {THEN} {THEN} {THEN} {THEN}",
