@@ -110,19 +110,37 @@ def test_swaps_under_load_fail_nothing_mix_nothing_and_keep_memory_flat(
     ]
     for thread in threads:
         thread.start()
-    rng = random.Random(0)
-    for step in range(40):
-        time.sleep(rng.uniform(0.05, 0.4))
+
+    def switch(rollback: bool, to: str | None = None) -> None:
+        nonlocal current, since
         began = time.monotonic()
-        if current != "base" and (step < 3 or rng.random() < 0.35):  # v3 -> v2 -> v1 -> base
+        if rollback:  # v3 -> v2 -> v1 -> base
             restored = live.registry.rollback(actor="load-test")
             new = restored.version if restored else "base"
         else:
-            new = rng.choice([v for v in versions if v != current])
-            live.registry.promote(new, actor="load-test")
+            live.registry.promote(new := to, actor="load-test")
         intervals[current].append((since, time.monotonic()))
         current, since = new, began
         assert len(live.backend.swapper.loaded) <= live.backend.settings.serve_adapter_slots
+
+    rng = random.Random(0)
+    for step in range(40):
+        time.sleep(rng.uniform(0.05, 0.4))
+        if current != "base" and (step < 3 or rng.random() < 0.35):
+            switch(rollback=True)
+        else:
+            switch(rollback=False, to=rng.choice([v for v in versions if v != current]))
+    # On a loaded machine a version can be live too briefly for any request to land
+    # on it: serve each unseen one until it answers, so all four are exercised.
+    for version in [v for v in expected if v not in {a.fingerprint for a in answers}]:
+        while version == "base" and current != "base":
+            switch(rollback=True)
+        if version not in ("base", current):
+            switch(rollback=False, to=version)
+        deadline = time.monotonic() + 30
+        while version not in {a.fingerprint for a in answers}:
+            assert time.monotonic() < deadline, f"{version} never answered while promoted"
+            time.sleep(0.1)
     time.sleep(0.5)
     stop.set()
     for thread in threads:
