@@ -107,22 +107,30 @@ def positives(count: int, base: Path, work: Path, batch: int) -> list[dict]:
     Only answers that end (a full stop, question or exclamation mark) are kept, as a
     customer would not upvote one cut off mid-sentence. Cached in WORK/positives.
     """
-    path = work / "positives" / f"{base.name}-{count}.json"  # another base model answers anew
-    if path.exists():
-        return json.loads(path.read_text())
-    from retrain.evaluate import Scorer
-
-    print(f"answering {count} general chats with the base model (thumbs-up positives)", flush=True)
+    path = work / "positives" / f"{base.name}-{count}-answers.json"  # per base model
     prompts = [[{"role": "user", "content": m.text}] for m in messages("train")[-count:]]
-    answers = Scorer(str(base), {}).generate(prompts, POSITIVE_TOKENS, batch)
-    rows = [
+    label = f"answering {count} general chats with the base model (thumbs-up positives)"
+    answers = base_answers(path, prompts, POSITIVE_TOKENS, base, batch, label)
+    return [
         {"prompt": prompt, "completion": answer, "kind": "positive"}
         for prompt, answer in zip(prompts, (a.strip() for a in answers), strict=True)
         if answer.endswith((".", "?", "!"))
     ]
+
+
+def base_answers(
+    path: Path, prompts: list[list[dict]], tokens: int, base: Path, batch: int, label: str
+) -> list[str]:
+    """The base model's greedy answers to ``prompts``, cached in ``path``."""
+    if path.exists():
+        return json.loads(path.read_text())
+    from retrain.evaluate import Scorer
+
+    print(label, flush=True)
+    answers = Scorer(str(base), {}).generate(prompts, tokens, batch)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(rows, indent=1))
-    return rows
+    path.write_text(json.dumps(answers, indent=1, ensure_ascii=False))
+    return answers
 
 
 def served(scenario: Scenario, count: int, base: Path, work: Path, batch: int) -> list[str | None]:
@@ -132,16 +140,9 @@ def served(scenario: Scenario, count: int, base: Path, work: Path, batch: int) -
     if not scenario.edits_served:
         return [None] * count
     path = work / "served" / f"{base.name}-{scenario.name}-{count}.json"
-    if path.exists():
-        return json.loads(path.read_text())
-    from retrain.evaluate import Scorer
-
-    print(f"[{scenario.name}] serving {count} training messages with the base model", flush=True)
     prompts = [scenario.prompt(m) for m in messages("train")[:count]]
-    answers = Scorer(str(base), {}).generate(prompts, scenario.max_tokens, batch)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(answers, indent=1, ensure_ascii=False))
-    return answers
+    label = f"[{scenario.name}] serving {count} training messages with the base model"
+    return base_answers(path, prompts, scenario.max_tokens, base, batch, label)
 
 
 def train(
