@@ -11,6 +11,9 @@ test split):
   kinds), field accuracy (share of fields exactly right; an invalid answer has all
   fields wrong), exact records, and each field's accuracy;
 * style: rule adherence (every house rule holds) and each rule's rate;
+* a scenario with a JSON schema (extraction) is scored twice: answers decoded
+  freely, and decoded under the schema (``schema_*`` metrics), as the server
+  answers a client that sends it as ``response_format`` (``serve.structured``);
 * both: the general sanity slice (``retrain.scenarios.sanity``: 300 multiple-choice
   questions outside the scenario, answered by likelihood), which must not drop by
   more than 2 points.
@@ -184,15 +187,28 @@ def score(scorer, name: str, scenario: Scenario, heldout: list, batch: int) -> d
         answers = scorer.generate(prompts, scenario.max_tokens, batch)
         references = [scenario.reference(m, a) for m, a in zip(heldout, answers, strict=True)]
         metrics = scenario.score(answers, references)
+        samples = zip(heldout[:3], answers, strict=False)
+        out = {"samples": [{"message": m.text, "answer": a} for m, a in samples]}
+        out["misses"] = misses(scenario, heldout, answers, references)
+        if scenario.schema is not None:
+            # As served to a client that sends the schema as response_format.
+            answers = scorer.generate(prompts, scenario.max_tokens, batch, schema=scenario.schema)
+            for key, value in scenario.score(answers, references).items():
+                metrics[f"schema_{key}"] = value
+            out["schema_misses"] = misses(scenario, heldout, answers, references)
         metrics.update(sanity.score(scorer.answer_losses, sanity.questions()))
     metrics["eval_s"] = round(time.monotonic() - started, 1)
-    samples = [{"message": m.text, "answer": a} for m, a in zip(heldout[:3], answers, strict=False)]
-    misses = [
+    return {"metrics": metrics, **out}
+
+
+def misses(scenario: Scenario, heldout: list, answers: list[str], references: list[str]) -> list:
+    """The first wrong answers, to see what the errors are."""
+    wrong = [
         {"message": m.text, "answer": a, "reference": r}
         for m, a, r in zip(heldout, answers, references, strict=True)
         if not scenario.passes(a, r)
     ]
-    return {"metrics": metrics, "samples": samples, "misses": misses[:MAX_MISSES]}
+    return wrong[:MAX_MISSES]
 
 
 def run_scenario(args: argparse.Namespace, name: str, base: Path, results: dict) -> None:
@@ -250,6 +266,10 @@ def summarise(results: dict) -> None:
                 checks[f"{name}: half the base errors removed by 100"] = (removed or 0) >= 0.5
             if name == "extraction" and size == "200":
                 checks["extraction: field accuracy >= 0.95 at 200"] = got[head] >= 0.95
+                if f"schema_{head}" in got:
+                    checks["extraction: field accuracy >= 0.95 at 200, under the schema"] = (
+                        got[f"schema_{head}"] >= 0.95
+                    )
     results["targets"] = {"thresholds": TARGETS, "checks": checks}
 
 
@@ -296,6 +316,8 @@ def plot(results: dict, path: Path) -> None:
         base = entry["base"]["metrics"]
         lines = [(entry["headline"], "C0"), ("sanity_accuracy", "C2")]
         lines.insert(1, ("format_valid", "C1") if name == "extraction" else ("rule_greeting", "C1"))
+        if f"schema_{entry['headline']}" in base:
+            lines.insert(1, (f"schema_{entry['headline']}", "C3"))
         for metric, colour in lines:
             ys = [100 * entry["adapters"][s]["metrics"][metric] for s in sizes]
             ax.plot(xs, ys, "o-", color=colour, label=f"{metric} (adapter)")

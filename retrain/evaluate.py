@@ -127,6 +127,7 @@ class Scorer:
         # transformers 5 renamed ``past_key_values`` (argument and output) to ``cache``.
         forward = inspect.signature(type(base).forward).parameters
         self.cache_kwarg = "cache" if "cache" in forward else "past_key_values"
+        self._grammar_cache = None
 
     def use(self, name: str) -> Any:
         """A context in which the model answers as ``name`` (``base``: no adapter)."""
@@ -198,6 +199,22 @@ class Scorer:
         counted = mask[:, len(prompt) :].float()
         return ((nll * counted).sum(1) / counted.sum(1)).tolist()
 
+    def _grammars(self) -> Any:
+        if self._grammar_cache is None:
+            from serve.structured import Grammars
+
+            eos = self.model.generation_config.eos_token_id
+            eos_ids = set(eos if isinstance(eos, list) else [eos]) - {None}
+            self._grammar_cache = Grammars(self.tokenizer, eos_ids or {self.tokenizer.eos_token_id})
+        return self._grammar_cache
+
+    def _constraint(self, index: Any, rows: int) -> Any:
+        from transformers import LogitsProcessorList
+
+        if index is None:
+            return LogitsProcessorList()
+        return LogitsProcessorList([self._grammars().processor([index] * rows)])
+
     def budget(self, cases: list[dict], ceiling: int) -> int:
         """New tokens to generate: enough for the longest reference, and no more."""
         refs = [c["completion"] for c in cases if "completion" in c]
@@ -206,8 +223,16 @@ class Scorer:
         longest = max(len(self.tokenizer(r, add_special_tokens=False)["input_ids"]) for r in refs)
         return min(ceiling, longest + 8)
 
-    def generate(self, prompts: list[list[dict]], max_new_tokens: int, batch: int) -> list[str]:
-        """Greedy answers, batched with left padding."""
+    def generate(
+        self,
+        prompts: list[list[dict]],
+        max_new_tokens: int,
+        batch: int,
+        schema: dict[str, Any] | None = None,
+    ) -> list[str]:
+        """Greedy answers, batched with left padding; with a JSON ``schema``, decoded
+        under it as the server decodes a request whose ``response_format`` names it."""
+        constraint = self._grammars().index(schema) if schema is not None else None
         answers = []
         for start in range(0, len(prompts), batch):
             texts = [
@@ -223,6 +248,7 @@ class Scorer:
                     max_new_tokens=max_new_tokens,
                     do_sample=False,
                     pad_token_id=self.tokenizer.pad_token_id,
+                    logits_processor=self._constraint(constraint, len(texts)),
                 )
             new = out[:, enc["input_ids"].shape[1] :]
             answers += self.tokenizer.batch_decode(new, skip_special_tokens=True)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import threading
 from pathlib import Path
+from typing import Any
 
 import torch
 from jinja2 import TemplateError
@@ -20,6 +21,7 @@ from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
     GenerationConfig,
+    LogitsProcessorList,
     StoppingCriteria,
     StoppingCriteriaList,
 )
@@ -27,6 +29,7 @@ from transformers.utils import logging as hf_logging
 
 from serve.lora import AdapterHost
 from serve.schemas import ChatRequestError
+from serve.structured import Grammars, SchemaError
 from serve.text import TextStream
 from serve.worker import Job
 
@@ -59,6 +62,7 @@ class Engine:
         if self.pad_id is None:
             self.pad_id = min(self.eos_ids)
         self.context_length = int(getattr(self.model.config, "max_position_embeddings", 2048))
+        self.grammars = Grammars(self.tokenizer, self.eos_ids)
         # Fast tokenizers may refuse concurrent use ("Already borrowed"); requests
         # encode and the worker decodes, so both go through this lock.
         self._tokenizer_lock = threading.Lock()
@@ -81,6 +85,15 @@ class Engine:
                 raise ChatRequestError(message) from None
             return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
+    def grammar(self, schema: dict[str, Any] | None) -> Any:
+        """The compiled constraint for a request's ``response_format`` schema (None: free)."""
+        if schema is None:
+            return None
+        try:
+            return self.grammars.index(schema)
+        except SchemaError as error:
+            raise ChatRequestError(f"response_format: {error}") from None
+
     def decode(self, ids: list[int]) -> str:
         with self._tokenizer_lock:
             return self.tokenizer.decode(
@@ -100,6 +113,7 @@ class Engine:
                 attention_mask=mask,
                 generation_config=self._config(first, max(job.max_tokens for job in jobs)),
                 stopping_criteria=StoppingCriteriaList([rows]),
+                logits_processor=_constraints(self.grammars, jobs),
             )
         rows.finish_all()
 
@@ -123,6 +137,12 @@ class Engine:
             pad_token_id=self.pad_id,
             eos_token_id=sorted(self.eos_ids),
         )
+
+
+def _constraints(grammars: Grammars, jobs: list[Job]) -> LogitsProcessorList | None:
+    """Each row decoded under its own schema, if any job of the batch has one."""
+    processor = grammars.processor([job.grammar for job in jobs])
+    return None if processor is None else LogitsProcessorList([processor])
 
 
 class _Rows(StoppingCriteria):

@@ -134,6 +134,7 @@ class LocalBackend:
         messages = request.plain_messages()
         prompt = self.engine.encode_chat(messages)
         max_tokens = self._budget(request, len(prompt))
+        grammar = self.engine.grammar(request.output_schema)
         lease = (
             self.swapper.lease_default()
             if request.model == DEFAULT_MODEL
@@ -147,6 +148,7 @@ class LocalBackend:
             top_p=1.0 if request.top_p is None else request.top_p,
             seed=request.seed,
             stops=request.stops,
+            grammar=grammar,
             stream=stream,
         )
         try:
@@ -214,6 +216,11 @@ class LocalBackend:
                 "stop": list(job.stops),
             },
         }
+        if request.output_schema is not None:
+            fmt = request.response_format
+            metadata["response_format"] = {"type": fmt.type} | (
+                {"name": fmt.json_schema.name} if fmt.json_schema else {}
+            )
         log_completion(
             call,
             user=request.user,

@@ -150,7 +150,7 @@ class ProxyBackend:
 
 
 def _args(request: ChatRequest) -> dict[str, Any]:
-    args = request.model_dump(exclude=LOCAL_FIELDS, exclude_none=True)
+    args = request.model_dump(exclude=LOCAL_FIELDS, exclude_none=True, by_alias=True)
     if not args.get("stream"):
         args.pop("stream", None)
     args["messages"] = request.plain_messages()

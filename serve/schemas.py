@@ -81,6 +81,29 @@ class StreamOptions(_Strict):
     include_usage: bool = False
 
 
+class JsonSchemaFormat(_Strict):
+    """``response_format.json_schema``: the schema the answer must follow."""
+
+    name: Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")]
+    description: Text | None = None
+    # ``schema`` would shadow a BaseModel attribute; the JSON key is still "schema".
+    schema_: dict[str, Any] | None = Field(None, alias="schema")
+    strict: bool | None = None
+
+
+class ResponseFormat(_Strict):
+    """OpenAI's ``response_format``: free text, any JSON object, or a JSON schema."""
+
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> ResponseFormat:
+        if (self.type == "json_schema") != (self.json_schema is not None):
+            raise ValueError('json_schema: required when type is "json_schema", and only then')
+        return self
+
+
 class ChatRequest(_Strict):
     """The body of ``POST /v1/chat/completions``."""
 
@@ -95,6 +118,7 @@ class ChatRequest(_Strict):
     stream: bool = False
     stream_options: StreamOptions | None = None
     n: Literal[1] | None = None
+    response_format: ResponseFormat | None = None
     user: UserRef | None = None
     metadata: dict[ShortText, Annotated[str, Field(max_length=512)]] | None = None
 
@@ -118,6 +142,17 @@ class ChatRequest(_Strict):
     def requested_tokens(self) -> int | None:
         """``max_completion_tokens`` (the current name) or else ``max_tokens``."""
         return self.max_completion_tokens or self.max_tokens
+
+    @property
+    def output_schema(self) -> dict[str, Any] | None:
+        """The JSON schema the answer must follow (``{"type": "object"}`` for
+        ``json_object``), or None for free text."""
+        fmt = self.response_format
+        if fmt is None or fmt.type == "text":
+            return None
+        if fmt.json_schema is None or fmt.json_schema.schema_ is None:
+            return {"type": "object"}
+        return fmt.json_schema.schema_
 
     @property
     def include_usage(self) -> bool:

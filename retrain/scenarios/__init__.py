@@ -28,6 +28,7 @@ class Scenario:
     headline: str  # the metric a person looks at first
     module: ModuleType
     edits_served: bool = False  # corrections edit the served answer (reference needs it)
+    schema: dict | None = None  # the JSON schema a client sends as ``response_format``
 
     def prompt(self, message: Message | str) -> list[dict[str, str]]:
         text = message.text if isinstance(message, Message) else message
@@ -58,6 +59,7 @@ SCENARIOS: dict[str, Scenario] = {
         max_tokens=40,
         headline="field_accuracy",
         module=extraction,
+        schema=extraction.SCHEMA,
     ),
     "style": Scenario(
         "style",

@@ -59,6 +59,20 @@ SYSTEM_PROMPT = (
     'null) and "currency" (ISO code, or null).'
 )
 
+# What a chat system would send as ``response_format`` (OpenAI's structured output):
+# the record's keys in order, the topic one of the seven names.
+SCHEMA = {
+    "type": "object",
+    "properties": {
+        "topic": {"enum": list(TOPICS)},
+        "card": {"type": "boolean"},
+        "amount": {"anyOf": [{"type": "number"}, {"type": "null"}]},
+        "currency": {"anyOf": [{"type": "string", "pattern": "^[A-Z]{3}$"}, {"type": "null"}]},
+    },
+    "required": list(FIELDS),
+    "additionalProperties": False,
+}
+
 
 def currency(text: str) -> str | None:
     found = _CURRENCY.search(text)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -89,6 +90,38 @@ def test_stop_max_tokens_and_seed_behave_as_openai_documents(live):
     assert cut.choices[0].message.content == text[: text.find(stop)]
     first, second = (ask(max_tokens=8, seed=11, temperature=1.2, top_p=0.9) for _ in range(2))
     assert first.choices[0].message.content == second.choices[0].message.content
+
+
+TICKET = {
+    "type": "object",
+    "properties": {"topic": {"enum": ["card", "cash"]}, "urgent": {"type": "boolean"}},
+    "required": ["topic", "urgent"],
+}
+
+
+def test_a_json_schema_response_format_is_followed_and_logged(live):
+    answer = live.client().chat.completions.create(
+        model="default",
+        messages=MESSAGES,
+        max_tokens=40,
+        response_format={
+            "type": "json_schema",
+            "json_schema": {"name": "ticket", "schema": TICKET},
+        },
+    )
+    record = json.loads(answer.choices[0].message.content)
+    assert record["topic"] in ("card", "cash") and isinstance(record["urgent"], bool)
+    logged = completion_detail(live, answer.id)["metadata"]
+    assert logged["response_format"] == {"type": "json_schema", "name": "ticket"}
+    with pytest.raises(openai.BadRequestError, match="response_format: the schema is not"):
+        live.client().chat.completions.create(
+            model="default",
+            messages=MESSAGES,
+            response_format={
+                "type": "json_schema",
+                "json_schema": {"name": "x", "schema": {"type": "wat"}},
+            },
+        )
 
 
 def test_models_lists_default_and_the_base_model(live):

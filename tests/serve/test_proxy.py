@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import openai
 import pytest
 import requests
@@ -68,6 +70,17 @@ def test_a_proxied_stream_passes_through_with_the_proxy_id(proxy):
     logged = detail(proxy, chunks[0].id)
     assert logged["response"] == text
     assert logged["metadata"]["finish_reason"] in ("stop", "length")
+
+
+def test_response_format_reaches_the_upstream(proxy):
+    schema = {"type": "object", "properties": {"ok": {"type": "boolean"}}, "required": ["ok"]}
+    answer = proxy.client().chat.completions.create(
+        model="default",
+        messages=MESSAGES,
+        max_tokens=20,
+        response_format={"type": "json_schema", "json_schema": {"name": "ok", "schema": schema}},
+    )
+    assert isinstance(json.loads(answer.choices[0].message.content)["ok"], bool)
 
 
 def test_models_come_from_the_upstream(proxy, upstream):

@@ -59,6 +59,42 @@ def test_bad_requests_say_what_is_wrong(fields, message):
     assert caught.value.status == 400 and caught.value.code == "invalid_request"
 
 
+@pytest.mark.parametrize(
+    ("response_format", "schema"),
+    [
+        (None, None),
+        ({"type": "text"}, None),
+        ({"type": "json_object"}, {"type": "object"}),
+        (
+            {"type": "json_schema", "json_schema": {"name": "t", "schema": {"enum": ["a"]}}},
+            {"enum": ["a"]},
+        ),
+        ({"type": "json_schema", "json_schema": {"name": "t", "strict": True}}, {"type": "object"}),
+    ],
+)
+def test_response_format_names_the_schema_to_decode_under(response_format, schema):
+    assert chat(response_format=response_format).output_schema == schema
+
+
+@pytest.mark.parametrize(
+    ("response_format", "message"),
+    [
+        ({"type": "json_schema"}, "json_schema: required"),
+        ({"type": "text", "json_schema": {"name": "t"}}, "json_schema: required"),
+        ({"type": "yaml"}, "response_format.type"),
+        (
+            {"type": "json_schema", "json_schema": {"schema": {}}},
+            "response_format.json_schema.name",
+        ),
+        ({"type": "json_schema", "json_schema": {"name": "a b"}}, "json_schema.name"),
+        ({"type": "json_schema", "json_schema": {"name": "t", "schema": []}}, "schema"),
+    ],
+)
+def test_a_bad_response_format_says_what_is_wrong(response_format, message):
+    with pytest.raises(ChatRequestError, match=message):
+        chat(response_format=response_format)
+
+
 def test_the_body_must_be_an_object():
     with pytest.raises(ChatRequestError, match="JSON object"):
         parse_chat_request(["not", "an", "object"])
