@@ -106,7 +106,13 @@ class Settings(BaseSettings):
         "all-linear", description="LoRA target modules: `all-linear` or a comma-separated list."
     )
     learning_rate: float = Field(1e-3, gt=0, description="Training learning rate.")
-    epochs: float = Field(5, gt=0, description="Training epochs per cycle.")
+    epochs: float = Field(5, gt=0, description="Most training epochs per cycle.")
+    train_max_examples: int = Field(
+        512,
+        ge=0,
+        description="Fewer epochs once they would show more examples than this (at least one "
+        "epoch; 0: always TUNEBACK_EPOCHS).",
+    )
     batch_size: int = Field(8, ge=1, description="Training batch size.")
     seed: int = Field(1234, description="Seed for training, sampling and the split salt.")
     gate_margin: float = Field(

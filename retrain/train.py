@@ -33,7 +33,8 @@ class TrainConfig:
     lora_alpha: int = 16
     lora_targets: str = "all-linear"
     learning_rate: float = 1e-3
-    epochs: float = 5
+    epochs: float = 5  # the most passes over the examples ...
+    max_examples: int = 512  # ... and no more than it takes to show this many (0: no cap)
     batch_size: int = 8
     max_length: int = 1024
     seed: int = 1234
@@ -41,6 +42,19 @@ class TrainConfig:
     dpo_beta: float = 0.1
     correction_repeats: int = 1  # > 1 weights corrections above thumbs-up positives
     padding_free: bool = True  # each batch as one unpadded sequence (see build_sft_trainer)
+
+    def epochs_for(self, examples: int) -> float:
+        """Passes over ``examples`` rows: ``epochs`` for a small set, fewer once they would
+        show more than ``max_examples`` rows, never less than one.
+
+        LoRA needs several passes over a few dozen corrections to learn them, but
+        every further step also pulls the model away from what it knew (the general
+        sanity slice of bench/quality.py fell 6 points after 5 epochs of 200 style
+        corrections, and 1 point after 5 epochs of 100).
+        """
+        if self.max_examples <= 0 or examples <= 0:
+            return self.epochs
+        return min(self.epochs, max(1.0, self.max_examples / examples))
 
     @classmethod
     def from_settings(cls, settings: Any) -> TrainConfig:
@@ -50,6 +64,7 @@ class TrainConfig:
             lora_targets=settings.lora_targets,
             learning_rate=settings.learning_rate,
             epochs=settings.epochs,
+            max_examples=settings.train_max_examples,
             batch_size=settings.batch_size,
             max_length=settings.max_example_tokens,
             seed=settings.seed,
@@ -106,12 +121,12 @@ def _sft_rows(job: TrainJob) -> list[dict]:
     return rows
 
 
-def _common_args(config: TrainConfig, out_dir: Path) -> dict:
+def _common_args(config: TrainConfig, out_dir: Path, examples: int) -> dict:
     import torch
 
     return {
         "output_dir": str(out_dir / "trainer"),
-        "num_train_epochs": config.epochs,
+        "num_train_epochs": config.epochs_for(examples),
         "per_device_train_batch_size": config.batch_size,
         "learning_rate": config.learning_rate,
         "lr_scheduler_type": "linear",
@@ -171,8 +186,8 @@ def build_sft_trainer(job: TrainJob, model: Any, tokenizer: Any, out_dir: Path) 
     from trl import SFTConfig, SFTTrainer
     from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
-    config = job.config
-    args = SFTConfig(**_common_args(config, out_dir), max_length=config.max_length)
+    config, rows = job.config, _sft_rows(job)
+    args = SFTConfig(**_common_args(config, out_dir, len(rows)), max_length=config.max_length)
     trainer_class, extra = SFTTrainer, {}
     if config.padding_free:
         _use_varlen_attention(model)
@@ -186,7 +201,7 @@ def build_sft_trainer(job: TrainJob, model: Any, tokenizer: Any, out_dir: Path) 
     return trainer_class(
         model=model,
         args=args,
-        train_dataset=Dataset.from_list(_sft_rows(job)),
+        train_dataset=Dataset.from_list(rows),
         processing_class=tokenizer,
         peft_config=lora_config(config),
         callbacks=[_LossLogger(job.run_id, "sft").callback],
@@ -290,7 +305,9 @@ def _train_dpo(job: TrainJob, model: Any, tokenizer: Any, out_dir: Path) -> tupl
         for p in job.preferences
     ]
     args = DPOConfig(
-        **_common_args(config, out_dir), beta=config.dpo_beta, max_length=config.max_length
+        **_common_args(config, out_dir, len(rows)),
+        beta=config.dpo_beta,
+        max_length=config.max_length,
     )
     # The model already carries the SFT adapter: DPO keeps training it, with the
     # adapter-disabled base as the reference model.
@@ -308,6 +325,7 @@ def _train_dpo(job: TrainJob, model: Any, tokenizer: Any, out_dir: Path) -> tupl
 def _stage_record(trainer: Any, result: Any) -> dict:
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
     return {
+        "epochs": trainer.args.num_train_epochs,
         "steps": trainer.state.global_step,
         "train_loss": result.training_loss,
         "final_loss": losses[-1] if losses else math.nan,

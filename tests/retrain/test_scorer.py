@@ -3,6 +3,8 @@ prompt's cache repeated, and must equal a plain forward pass over each whole seq
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -38,3 +40,21 @@ def test_batched_answer_losses_equal_whole_sequence_losses(tiny_model):
     expected = [whole_sequence_loss(scorer, m, a) for m, a in pairs]
     assert losses == pytest.approx(expected, abs=1e-4)
     assert len(set(losses)) == len(losses)  # a random model still tells the options apart
+
+
+def test_generation_under_a_schema_writes_records_of_that_schema(tiny_model):
+    schema = {
+        "type": "object",
+        "properties": {"topic": {"enum": ["card", "cash"]}, "card": {"type": "boolean"}},
+        "required": ["topic", "card"],
+    }
+    scorer = Scorer(tiny_model, {})
+    prompts = [messages for messages, _ in QUESTIONS]
+
+    free = scorer.generate(prompts, 30, batch=2)
+    constrained = scorer.generate(prompts, 30, batch=2, schema=schema)
+
+    assert not any(answer.startswith("{") for answer in free)  # a random model writes no JSON
+    for answer in constrained:
+        record = json.loads(answer)
+        assert record["topic"] in ("card", "cash") and isinstance(record["card"], bool)

@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 
+import pytest
 import torch
 
 from retrain.train import TrainConfig, TrainJob, build_sft_trainer, train_adapter
@@ -61,6 +62,22 @@ def test_train_adapter_saves_safetensors_and_a_record(tiny_model, tmp_path, capl
     assert saved["config"]["learning_rate"] == 5e-3 and saved["duration_s"] > 0
     assert record["sft"]["losses"] == saved["sft"]["losses"]
     assert "run test sft step 2/2 loss" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("examples", "epochs"),
+    [(25, 5), (100, 5), (200, 2.56), (512, 1), (5000, 1)],
+)
+def test_large_sets_get_fewer_epochs_but_at_least_one(examples, epochs):
+    config = TrainConfig(epochs=5, max_examples=512)
+    assert config.epochs_for(examples) == pytest.approx(epochs)
+    assert TrainConfig(epochs=5, max_examples=0).epochs_for(examples) == 5
+
+
+def test_the_trainer_runs_the_capped_epochs(tiny_model, tmp_path):
+    # 8 examples, batch 4: 3 epochs would be 6 steps; a cap of 12 examples is 1.5 epochs.
+    record = train_adapter(make_job(tiny_model, tmp_path, epochs=3, max_examples=12))
+    assert record["sft"]["epochs"] == 1.5 and record["sft"]["steps"] == 3
 
 
 def test_same_seed_same_adapter(tiny_model, tmp_path):
