@@ -65,9 +65,11 @@ def test_an_answer_under_a_schema_is_valid_json_of_that_schema(engine):
         job(engine, SCHEMA),
         job(engine, SCHEMA, temperature=1.0, seed=3),
     )
+    # generate warps (temperature, top-p) after our mask: the nucleus holds allowed tokens.
+    (nucleus,) = run(engine, job(engine, SCHEMA, temperature=0.05, top_p=0.05, seed=5))
     with pytest.raises(ValueError):
         json.loads(free.text)  # the random model writes no JSON of its own
-    for answer in (constrained, sampled):
+    for answer in (constrained, sampled, nucleus):
         record = json.loads(answer.text)
         assert list(record) == ["topic", "urgent"]
         assert record["topic"] in SCHEMA["properties"]["topic"]["enum"]
