@@ -43,6 +43,8 @@ def test_the_demo_plays_the_whole_loop_on_the_tiny_model(tmp_path, tiny_model):
     else:
         assert summary["served_after"] == ["base"]
     assert set(summary["heldout"]["before"]) >= {"format_valid", "field_accuracy"}
+    # Asked with the scenario's schema as response_format: even the random model's are records.
+    assert summary["heldout"]["before"]["format_valid"] == 1.0
 
     store = sqlite3.connect(data_dir / "tuneback.db")
     count = lambda table: store.execute(f"SELECT count(*) FROM {table}").fetchone()[0]  # noqa: E731

@@ -87,6 +87,10 @@ class Demo:
                 "temperature": 0,
                 "metadata": {"demo": phase},
             }
+            if self.scenario.schema is not None:
+                # As a chat system that wants a record asks: the answer must be one.
+                schema = {"name": self.scenario.name, "schema": self.scenario.schema}
+                body["response_format"] = {"type": "json_schema", "json_schema": schema}
             out = self.api.call("POST", "/v1/chat/completions", self.keys["server"], body)
             text = out["choices"][0]["message"]["content"]
             # The gate ranks by overlap with the correction: edits of the served answer
@@ -207,6 +211,8 @@ def _day_and_night(demo: Demo, options: DemoOptions) -> dict:
     day = list(messages("train")[: options.messages])
     heldout = list(messages("test")[-options.heldout :])
     report.heading(echo, f"1. A day of traffic: {len(day)} customer messages")
+    if scenario.schema is not None:
+        echo("  asked with the record's JSON schema as response_format: answers are valid records")
     t = time.monotonic()
     before = demo.chat(heldout, "before")
     answers = demo.chat(day, "day")
