@@ -8,6 +8,7 @@ next. :class:`JsonConstraint` is a logits processor that follows each constraine
 row through that index and masks every other token, so the answer is valid JSON of
 the schema's shape as soon as the automaton is in a final state (where only the
 end-of-sequence token is left). A row can still be cut short by ``max_tokens``.
+Compiling runs in a child process with a time limit (:mod:`serve.schema_index`).
 
 Evaluation uses the same processor (:meth:`retrain.evaluate.Scorer.generate`), so a
 benchmark with a schema measures what a client that sends the schema is served.
@@ -16,6 +17,9 @@ benchmark with a schema measures what a client that sends the schema is served.
 from __future__ import annotations
 
 import json
+import pickle
+import subprocess
+import sys
 import threading
 from collections import OrderedDict
 from functools import cache
@@ -23,11 +27,11 @@ from typing import Any
 
 import torch
 from outlines_core import Index, Vocabulary
-from outlines_core.json_schema import build_regex_from_schema
 from transformers import LogitsProcessor
 
 ANY_OBJECT: dict[str, Any] = {"type": "object"}
 MAX_SCHEMA_CHARS = 16_384
+COMPILE_SECONDS = 30.0  # the generic json_object schema takes about 7 s here
 _CACHED_INDEXES = 32
 
 
@@ -75,16 +79,23 @@ def token_bytes(tokenizer: Any) -> dict[bytes, list[int]]:
 
 
 class Grammars:
-    """Compiled JSON schemas for one tokenizer, the most recent few kept."""
+    """Compiled JSON schemas for one tokenizer, the most recent few kept.
 
-    def __init__(self, tokenizer: Any, eos_ids: set[int]) -> None:
+    A schema is compiled in a child process (:mod:`serve.schema_index`) killed
+    after ``timeout`` seconds, one schema at a time; a schema that failed is
+    remembered, so asking again fails at once. Cached schemas are served while
+    another one compiles.
+    """
+
+    def __init__(self, tokenizer: Any, eos_ids: set[int], timeout: float = COMPILE_SECONDS) -> None:
         self.eos_ids = frozenset(eos_ids)
-        self.vocab_size = len(tokenizer)
+        self.timeout = timeout
         self._eos = min(self.eos_ids)
-        self._vocabulary: Vocabulary | None = None
         self._tokenizer = tokenizer
-        self._indexes: OrderedDict[str, Index] = OrderedDict()
-        self._lock = threading.Lock()
+        self._vocabulary: Vocabulary | None = None
+        self._indexes: OrderedDict[str, Index | SchemaError] = OrderedDict()
+        self._lock = threading.Lock()  # the cache
+        self._compiling = threading.Lock()  # one child at a time
 
     def index(self, schema: dict[str, Any]) -> Index:
         """The index of ``schema``; raise :class:`SchemaError` if it cannot be compiled."""
@@ -92,20 +103,47 @@ class Grammars:
         key = json.dumps(schema)
         if len(key) > MAX_SCHEMA_CHARS:
             raise SchemaError(f"the schema is over {MAX_SCHEMA_CHARS} characters of JSON")
+        with self._compiling:
+            found = self._cached(key)
+            if found is None:
+                found = self._compile(key)
+                with self._lock:
+                    self._indexes[key] = found
+                    if len(self._indexes) > _CACHED_INDEXES:
+                        self._indexes.popitem(last=False)
+        if isinstance(found, SchemaError):
+            raise found
+        return found
+
+    def _cached(self, key: str) -> Index | SchemaError | None:
         with self._lock:
             if key in self._indexes:
                 self._indexes.move_to_end(key)
-                return self._indexes[key]
-            if self._vocabulary is None:
-                self._vocabulary = Vocabulary(self._eos, token_bytes(self._tokenizer))
-            try:
-                index = Index(build_regex_from_schema(key), self._vocabulary)
-            except (ValueError, TypeError) as error:
-                raise SchemaError(f"the schema is not supported: {error}") from None
-            self._indexes[key] = index
-            if len(self._indexes) > _CACHED_INDEXES:
-                self._indexes.popitem(last=False)
-            return index
+            return self._indexes.get(key)
+
+    def _compile(self, key: str) -> Index | SchemaError:
+        if self._vocabulary is None:
+            self._vocabulary = Vocabulary(self._eos, token_bytes(self._tokenizer))
+        payload = pickle.dumps((self._vocabulary, key))
+        try:
+            done = subprocess.run(
+                [sys.executable, "-m", "serve.schema_index"],
+                input=payload,
+                capture_output=True,
+                timeout=self.timeout,
+                check=False,
+            )
+        except subprocess.TimeoutExpired:
+            return SchemaError(
+                f"the schema took over {self.timeout:g} s to compile; long string bounds "
+                "(maxLength) and large pattern counts are the usual cause"
+            )
+        if done.returncode != 0:
+            return SchemaError("the schema could not be compiled")
+        status, value = pickle.loads(done.stdout)
+        if status != "ok":
+            return SchemaError(f"the schema is not supported: {value}")
+        return value
 
     def processor(self, indexes: list[Index | None]) -> JsonConstraint | None:
         """A processor for a batch whose row ``i`` follows ``indexes[i]`` (None: free)."""

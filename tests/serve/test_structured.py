@@ -4,6 +4,7 @@ schema on the tiny random model, whose free answers are never JSON."""
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 from transformers import AutoTokenizer
@@ -101,3 +102,17 @@ def test_any_json_object_and_a_too_short_budget(engine):
 def test_a_schema_that_cannot_be_compiled_is_a_request_error(engine, schema, message):
     with pytest.raises(ChatRequestError, match=message):
         engine.grammar(schema)
+
+
+def test_a_schema_too_costly_to_compile_is_refused_in_time_and_remembered(engine, monkeypatch):
+    monkeypatch.setattr(engine.grammars, "timeout", 2)
+    costly = {"type": "string", "maxLength": 300}  # minutes of compiling, left alone
+    started = time.monotonic()
+    with pytest.raises(ChatRequestError, match="took over 2 s to compile"):
+        engine.grammar(costly)
+    assert time.monotonic() - started < 10
+    started = time.monotonic()
+    with pytest.raises(ChatRequestError, match="took over 2 s"):
+        engine.grammar(costly)
+    assert time.monotonic() - started < 0.5  # remembered, not compiled again
+    assert engine.grammar(SCHEMA) is not None  # other schemas still compile
