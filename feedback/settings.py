@@ -108,10 +108,16 @@ class Settings(BaseSettings):
     learning_rate: float = Field(1e-3, gt=0, description="Training learning rate.")
     epochs: float = Field(5, gt=0, description="Most training epochs per cycle.")
     train_max_examples: int = Field(
-        512,
+        800,
         ge=0,
         description="Fewer epochs once they would show more examples than this (at least one "
-        "epoch; 0: always TUNEBACK_EPOCHS).",
+        "epoch; 0: no cap).",
+    )
+    train_max_answer_tokens: int = Field(
+        22_000,
+        ge=0,
+        description="Fewer epochs once they would show more answer tokens than this (at least "
+        "one epoch; 0: no cap): the more answer tokens trained on, the more the model forgets.",
     )
     batch_size: int = Field(8, ge=1, description="Training batch size.")
     seed: int = Field(1234, description="Seed for training, sampling and the split salt.")

@@ -69,14 +69,42 @@ def test_train_adapter_saves_safetensors_and_a_record(tiny_model, tmp_path, capl
     [(25, 5), (100, 5), (200, 2.56), (512, 1), (5000, 1)],
 )
 def test_large_sets_get_fewer_epochs_but_at_least_one(examples, epochs):
-    config = TrainConfig(epochs=5, max_examples=512)
+    config = TrainConfig(epochs=5, max_examples=512, max_answer_tokens=0)
     assert config.epochs_for(examples) == pytest.approx(epochs)
     assert TrainConfig(epochs=5, max_examples=0).epochs_for(examples) == 5
+
+
+@pytest.mark.parametrize(
+    ("examples", "answer_tokens", "epochs"),
+    [
+        (100, 4_371, 5),  # 100 house-style corrections: 21,855 tokens in 5 epochs
+        (200, 8_850, 22_000 / 8_850),  # 200 of them: about 2.5 epochs
+        (200, 4_293, 4),  # 200 extraction records: the example cap, 4 epochs
+        (100, 2_149, 5),
+        (50, 40_000, 1),  # long answers: one epoch, however long
+    ],
+)
+def test_long_answers_get_fewer_epochs(examples, answer_tokens, epochs):
+    config = TrainConfig()  # the defaults: 5 epochs, 800 examples, 22,000 answer tokens
+    assert config.epochs_for(examples, answer_tokens) == pytest.approx(epochs)
+    uncapped = TrainConfig(max_examples=0, max_answer_tokens=0)
+    assert uncapped.epochs_for(examples, answer_tokens) == 5
+    assert TrainConfig(epochs=0.5).epochs_for(examples, answer_tokens) == 0.5
 
 
 def test_the_trainer_runs_the_capped_epochs(tiny_model, tmp_path):
     # 8 examples, batch 4: 3 epochs would be 6 steps; a cap of 12 examples is 1.5 epochs.
     record = train_adapter(make_job(tiny_model, tmp_path, epochs=3, max_examples=12))
+    assert record["sft"]["epochs"] == 1.5 and record["sft"]["steps"] == 3
+
+
+def test_the_trainer_counts_answer_tokens_for_the_cap(tiny_model, tmp_path):
+    from transformers import AutoTokenizer
+
+    tokens = len(AutoTokenizer.from_pretrained(tiny_model)(ANSWER)["input_ids"]) * len(QUESTIONS)
+    job = make_job(tiny_model, tmp_path, epochs=3, max_answer_tokens=tokens * 3 // 2)
+    record = train_adapter(job)
+    assert record["sft"]["answer_tokens_per_epoch"] == tokens
     assert record["sft"]["epochs"] == 1.5 and record["sft"]["steps"] == 3
 
 
