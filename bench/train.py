@@ -171,12 +171,20 @@ class CountingCollator:
 
 def build_trainer(run: str, spec: dict, model: Any, tokenizer: Any, out: Path) -> tuple:
     """The trainer and the tokenized examples it will train on."""
-    from retrain.train import TrainConfig, TrainJob, _common_args, build_sft_trainer, lora_config
+    from retrain.train import (
+        TrainConfig,
+        TrainJob,
+        _answer_tokens,
+        _common_args,
+        _sft_rows,
+        build_sft_trainer,
+        lora_config,
+    )
 
     config = TrainConfig(**spec["config"])
+    sft = [{**chat, "kind": "sft"} for chat in spec["train"]]
+    job = TrainJob(base_model=spec["model"], out_dir=str(out), sft=sft, config=config)
     if run == "ours":
-        sft = [{**chat, "kind": "sft"} for chat in spec["train"]]
-        job = TrainJob(base_model=spec["model"], out_dir=str(out), sft=sft, config=config)
         trainer = build_sft_trainer(job, model, tokenizer, out)
         data = trainer.train_dataset
         return trainer, [{"input_ids": r["input_ids"], "labels": r["labels"]} for r in data]
@@ -189,7 +197,10 @@ def build_trainer(run: str, spec: dict, model: Any, tokenizer: Any, out: Path) -
     rows = [tokenize(tokenizer, chat, config.max_length) for chat in spec["train"]]
     trainer = Trainer(
         model=get_peft_model(model, lora_config(config)),
-        args=TrainingArguments(**_common_args(config, out)),
+        # The same epochs as ours: the caps count the same examples and answer tokens.
+        args=TrainingArguments(
+            **_common_args(config, out, len(rows), _answer_tokens(tokenizer, _sft_rows(job)))
+        ),
         train_dataset=Dataset.from_list(rows),
         data_collator=DataCollatorForSeq2Seq(tokenizer, padding="longest", label_pad_token_id=-100),
         processing_class=tokenizer,
