@@ -55,7 +55,8 @@ class TrainConfig:
         22,000 answer tokens of house-style corrections (100 corrections, 5 epochs;
         200 corrections, 2.56 epochs), and fell 5 points after 35,000 (200, 4 epochs),
         while extraction's short JSON answers, 17,000 tokens in 4 epochs of 200,
-        left it 5 points above the base model and reached 95% field accuracy.
+        left it 5 points above the base model and reached 95.5% field accuracy
+        under its schema (2.56 epochs: 93.0%).
         """
         caps = [self.epochs]
         if self.max_examples > 0 and examples > 0:
