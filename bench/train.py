@@ -14,7 +14,7 @@ the ones the loss covers) and padded tokens are reported too.
   padded with -100), random order (the Trainer's default sampler).
 
 Both get the same LoRA config (``retrain.train.lora_config``: r=8, alpha 16, all-linear),
-the same training arguments (``retrain.train._common_args``: learning rate, epochs,
+the same training arguments (``retrain.train.sft_common_args``: learning rate, epochs,
 batch size, seed, linear schedule, float32), the same examples, the same token budget
 (the same epochs over the same examples; the real tokens of each are reported and must
 be equal) and the same tokenization (checked: ours tokenizes through TRL, the baseline
@@ -174,11 +174,9 @@ def build_trainer(run: str, spec: dict, model: Any, tokenizer: Any, out: Path) -
     from retrain.train import (
         TrainConfig,
         TrainJob,
-        _answer_tokens,
-        _common_args,
-        _sft_rows,
         build_sft_trainer,
         lora_config,
+        sft_common_args,
     )
 
     config = TrainConfig(**spec["config"])
@@ -197,10 +195,7 @@ def build_trainer(run: str, spec: dict, model: Any, tokenizer: Any, out: Path) -
     rows = [tokenize(tokenizer, chat, config.max_length) for chat in spec["train"]]
     trainer = Trainer(
         model=get_peft_model(model, lora_config(config)),
-        # The same epochs as ours: the caps count the same examples and answer tokens.
-        args=TrainingArguments(
-            **_common_args(config, out, len(rows), _answer_tokens(tokenizer, _sft_rows(job)))
-        ),
+        args=TrainingArguments(**sft_common_args(job, tokenizer, out)[0]),  # ours' epochs
         train_dataset=Dataset.from_list(rows),
         data_collator=DataCollatorForSeq2Seq(tokenizer, padding="longest", label_pad_token_id=-100),
         processing_class=tokenizer,

@@ -197,10 +197,8 @@ def build_sft_trainer(job: TrainJob, model: Any, tokenizer: Any, out_dir: Path) 
     from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
     config, rows = job.config, _sft_rows(job)
-    answer_tokens = _answer_tokens(tokenizer, rows)
-    args = SFTConfig(
-        **_common_args(config, out_dir, len(rows), answer_tokens), max_length=config.max_length
-    )
+    common, answer_tokens = sft_common_args(job, tokenizer, out_dir)
+    args = SFTConfig(**common, max_length=config.max_length)
     trainer_class, extra = SFTTrainer, {}
     if config.padding_free:
         _use_varlen_attention(model)
@@ -211,7 +209,7 @@ def build_sft_trainer(job: TrainJob, model: Any, tokenizer: Any, out_dir: Path) 
         extra["data_collator"] = DataCollatorForLanguageModeling(
             pad_token_id=pad_id, padding_free=True
         )
-    return trainer_class(
+    trainer = trainer_class(
         model=model,
         args=args,
         train_dataset=Dataset.from_list(rows),
@@ -220,12 +218,17 @@ def build_sft_trainer(job: TrainJob, model: Any, tokenizer: Any, out_dir: Path) 
         callbacks=[_LossLogger(job.run_id, "sft").callback],
         **extra,
     )
+    trainer.answer_tokens_per_epoch = answer_tokens  # for the run record
+    return trainer
 
 
-def _answer_tokens(tokenizer: Any, rows: list[dict]) -> int:
-    """Tokens of all the answers trained on (one epoch's worth)."""
+def sft_common_args(job: TrainJob, tokenizer: Any, out_dir: Path) -> tuple[dict, int]:
+    """The SFT stage's training arguments, its epochs capped by the number of rows and
+    their answer tokens; and those answer tokens (one epoch's worth)."""
+    rows = _sft_rows(job)
     answers = [row["completion"][0]["content"] for row in rows]
-    return sum(len(ids) for ids in tokenizer(answers, add_special_tokens=False)["input_ids"])
+    tokens = sum(len(ids) for ids in tokenizer(answers, add_special_tokens=False)["input_ids"])
+    return _common_args(job.config, out_dir, len(rows), tokens), tokens
 
 
 VARLEN_ATTENTION = "tuneback_varlen_sdpa"
@@ -308,7 +311,7 @@ def _train_sft(job: TrainJob, model: Any, tokenizer: Any, out_dir: Path) -> tupl
     trainer = build_sft_trainer(job, model, tokenizer, out_dir)
     result = trainer.train()
     record = _stage_record(trainer, result)
-    record["answer_tokens_per_epoch"] = _answer_tokens(tokenizer, _sft_rows(job))
+    record["answer_tokens_per_epoch"] = trainer.answer_tokens_per_epoch
     return trainer.model, record
 
 
