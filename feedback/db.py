@@ -8,6 +8,7 @@ for write transactions so a read-then-write transaction can never hit
 
 from __future__ import annotations
 
+import fcntl
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -16,14 +17,17 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
+from sqlalchemy.pool import NullPool
 
 from feedback.exceptions import TunebackError
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 WRITE = {"tuneback_write": True}
+# "tunemigr" in ASCII: the PostgreSQL advisory-lock key held while migrating.
+MIGRATION_LOCK_KEY = 0x74756E656D696772
 
 
 class DatabaseNotReadyError(TunebackError, RuntimeError):
@@ -90,10 +94,41 @@ def alembic_config(url: str) -> Config:
     return cfg
 
 
+@contextmanager
+def migration_lock(url: str) -> Iterator[None]:
+    """Hold the database's migration lock: one migrator at a time.
+
+    Processes that start together on a fresh database (a server and a
+    scheduler, several pods running their prestart step) would otherwise all
+    see an empty schema and all try to create it. PostgreSQL: a session-level
+    advisory lock. SQLite: an exclusive ``flock`` on ``<database>.migrate.lock``
+    beside the database file (in-memory databases have no other process to
+    race with).
+    """
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        if parsed.database in (None, "", ":memory:"):
+            yield
+            return
+        _ensure_sqlite_dir(url)
+        with open(f"{parsed.database}.migrate.lock", "a") as lock_file:
+            fcntl.flock(lock_file, fcntl.LOCK_EX)  # released when the file closes
+            yield
+        return
+    engine = create_engine(url, poolclass=NullPool)
+    try:
+        with engine.connect() as conn:
+            conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": MIGRATION_LOCK_KEY})
+            conn.commit()
+            yield  # closing the connection releases the lock
+    finally:
+        engine.dispose()
+
+
 def upgrade(url: str, revision: str = "head") -> None:
-    """Apply migrations up to ``revision``."""
-    _ensure_sqlite_dir(url)
-    command.upgrade(alembic_config(url), revision)
+    """Apply migrations up to ``revision``, holding :func:`migration_lock`."""
+    with migration_lock(url):
+        command.upgrade(alembic_config(url), revision)
 
 
 def current_revision(engine: Engine) -> str | None:

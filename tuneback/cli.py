@@ -61,32 +61,17 @@ def db() -> None:
     """Database schema."""
 
 
-# "tuneback db upgrade" as a PostgreSQL advisory-lock key: several pods or
-# machines running their prestart step at once migrate one after another.
-MIGRATION_LOCK_KEY = 0x74756E656D696772
-
-
 @db.command("upgrade")
 def db_upgrade() -> None:
     """Apply all migrations to TUNEBACK_DATABASE_URL (one migrator at a time)."""
-    from sqlalchemy import text
     from sqlalchemy.exc import OperationalError
 
     from feedback import db as dbmod
 
-    settings = load_settings()
-    url = settings.resolved_database_url
-    engine = dbmod.make_engine(url)
     try:
-        with engine.connect() as conn:
-            if engine.dialect.name == "postgresql":
-                conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": MIGRATION_LOCK_KEY})
-                conn.commit()
-            dbmod.upgrade(url)
+        dbmod.upgrade(load_settings().resolved_database_url)
     except OperationalError as error:
         raise click.ClickException(f"cannot use the database: {error.orig}") from None
-    finally:
-        engine.dispose()  # closing the connection releases the lock
     click.echo(f"database at revision {dbmod.head_revision()}", err=True)
 
 

@@ -26,7 +26,9 @@ def run_migrations_online() -> None:
     if connection is not None:
         _run(connection)
         return
-    engine = create_engine(config.get_main_option("sqlalchemy.url"))
+    url = config.get_main_option("sqlalchemy.url")
+    # SQLite: wait for a server or scheduler that is writing, as feedback.db does.
+    engine = create_engine(url, connect_args={"timeout": 30} if url.startswith("sqlite") else {})
     with engine.connect() as conn:
         _run(conn)
     engine.dispose()
