@@ -41,8 +41,11 @@ chromium:
 		|| (apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium fonts-noto-color-emoji >/dev/null); \
 	fi
 
+# Two workers, each taking whole files (--dist loadfile): a file's live servers,
+# schedulers and module fixtures stay in one process. TEST_WORKERS=0 runs serially.
+TEST_WORKERS ?= 2
 test: install services chromium
-	$(VENV)/bin/pytest -m "not slow"
+	$(VENV)/bin/pytest -m "not slow" -n $(TEST_WORKERS) --dist loadfile
 
 test-all: install services chromium
 	$(VENV)/bin/pytest
