@@ -45,7 +45,7 @@ chromium:
 # schedulers and module fixtures stay in one process. TEST_WORKERS=0 runs serially.
 TEST_WORKERS ?= 2
 test: install services chromium
-	$(VENV)/bin/pytest -m "not slow" -n $(TEST_WORKERS) --dist loadfile
+	$(VENV)/bin/pytest -m "not slow" -n $(TEST_WORKERS) --dist loadfile --timeout 300
 
 test-all: install services chromium
 	$(VENV)/bin/pytest

@@ -196,20 +196,29 @@ def promote_adapter(
 def rollback_target(session: Session) -> tuple[AdapterVersion, AdapterVersion | None]:
     """The promoted adapter and the one a rollback would restore (None: base model).
 
-    Walks the history as a stack: the target is the ``previous`` of the latest
-    non-rollback event that promoted the current adapter, so rolling back twice
-    goes two promotions back rather than bouncing between two versions.
+    The history is a stack: each promotion pushes, each rollback pops. Walking
+    it newest first, every rollback cancels the latest promotion not yet
+    cancelled; the first promotion left standing made the current adapter, and
+    its ``previous`` is the target. So rollbacks undo promotions one by one
+    down to the base model, even after an old version was promoted again
+    (v1, v2, v1 rolls back to v2, then v1, then the base model), instead of
+    bouncing between two versions.
     """
     current = promoted_adapter(session)
     if current is None:
         raise NothingToRollBackError("no adapter is promoted: the base model is already serving")
-    event = session.execute(
-        select(PromotionEvent)
-        .where(PromotionEvent.version == current.version, PromotionEvent.action != "rollback")
-        .order_by(col(PromotionEvent.id).desc())
-        .limit(1)
-    ).scalar_one_or_none()
-    if event is None:
+    history = session.execute(select(PromotionEvent).order_by(col(PromotionEvent.id).desc()))
+    pending_rollbacks = 0
+    for event in history.scalars():
+        if event.action == "rollback":
+            pending_rollbacks += 1
+        elif pending_rollbacks:
+            pending_rollbacks -= 1
+        else:
+            break
+    else:
+        event = None
+    if event is None or event.version != current.version:
         raise NothingToRollBackError(
             f"adapter {current.version!r} has no promotion event, so there is no history to "
             "roll back along; promote the version you want instead"

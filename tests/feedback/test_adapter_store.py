@@ -148,13 +148,25 @@ def test_rollback_walks_back_one_promotion_at_a_time_down_to_the_base_model(sess
         s.rollback_adapter(session, actor="ops")
 
 
-def test_rollback_after_promoting_an_old_version_again_returns_to_the_one_before(session):
+def test_rollbacks_undo_promotions_one_by_one_after_an_old_version_is_promoted_again(session):
     add(session, "v0001")
     add(session, "v0002")
     for name in ("v0001", "v0002", "v0001"):
         s.promote_adapter(session, version=name, actor="ops")
     assert s.rollback_adapter(session, actor="ops").version == "v0002"
     assert s.rollback_adapter(session, actor="ops").version == "v0001"
+    assert s.rollback_adapter(session, actor="ops") is None  # not back to v0002 forever
+
+
+def test_a_promotion_after_rollbacks_is_undone_first(session):
+    for name in ("v0001", "v0002", "v0003"):
+        add(session, name)
+    s.promote_adapter(session, version="v0001", actor="ops")
+    s.promote_adapter(session, version="v0002", actor="ops")
+    s.rollback_adapter(session, actor="ops")  # v0001
+    s.promote_adapter(session, version="v0003", actor="ops")
+    assert s.rollback_adapter(session, actor="ops").version == "v0001"
+    assert s.rollback_adapter(session, actor="ops") is None
 
 
 def test_nothing_to_roll_back_is_a_lookup_error(session):
