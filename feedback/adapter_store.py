@@ -208,22 +208,21 @@ def rollback_target(session: Session) -> tuple[AdapterVersion, AdapterVersion | 
     if current is None:
         raise NothingToRollBackError("no adapter is promoted: the base model is already serving")
     history = session.execute(select(PromotionEvent).order_by(col(PromotionEvent.id).desc()))
-    pending_rollbacks = 0
+    standing, pending_rollbacks = None, 0
     for event in history.scalars():
         if event.action == "rollback":
             pending_rollbacks += 1
         elif pending_rollbacks:
             pending_rollbacks -= 1
         else:
+            standing = event
             break
-    else:
-        event = None
-    if event is None or event.version != current.version:
+    if standing is None or standing.version != current.version:
         raise NothingToRollBackError(
             f"adapter {current.version!r} has no promotion event, so there is no history to "
             "roll back along; promote the version you want instead"
         )
-    previous = get_adapter_version(session, event.previous) if event.previous else None
+    previous = get_adapter_version(session, standing.previous) if standing.previous else None
     return current, previous
 
 

@@ -197,7 +197,7 @@ def build_sft_trainer(job: TrainJob, model: Any, tokenizer: Any, out_dir: Path) 
     from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
     config, rows = job.config, _sft_rows(job)
-    common, answer_tokens = sft_common_args(job, tokenizer, out_dir)
+    common, answer_tokens = sft_common_args(job, tokenizer, out_dir, rows)
     args = SFTConfig(**common, max_length=config.max_length)
     trainer_class, extra = SFTTrainer, {}
     if config.padding_free:
@@ -222,10 +222,13 @@ def build_sft_trainer(job: TrainJob, model: Any, tokenizer: Any, out_dir: Path) 
     return trainer
 
 
-def sft_common_args(job: TrainJob, tokenizer: Any, out_dir: Path) -> tuple[dict, int]:
+def sft_common_args(
+    job: TrainJob, tokenizer: Any, out_dir: Path, rows: list[dict] | None = None
+) -> tuple[dict, int]:
     """The SFT stage's training arguments, its epochs capped by the number of rows and
-    their answer tokens; and those answer tokens (one epoch's worth)."""
-    rows = _sft_rows(job)
+    their answer tokens; and those answer tokens (one epoch's worth). ``rows``: the
+    job's SFT rows when the caller has built them already."""
+    rows = _sft_rows(job) if rows is None else rows
     answers = [row["completion"][0]["content"] for row in rows]
     tokens = sum(len(ids) for ids in tokenizer(answers, add_special_tokens=False)["input_ids"])
     return _common_args(job.config, out_dir, len(rows), tokens), tokens

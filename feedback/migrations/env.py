@@ -2,6 +2,7 @@
 
 from alembic import context
 from sqlalchemy import create_engine
+from sqlalchemy.engine import make_url
 from sqlmodel import SQLModel
 
 import feedback.models  # noqa: F401  (registers the tables on SQLModel.metadata)
@@ -26,9 +27,10 @@ def run_migrations_online() -> None:
     if connection is not None:
         _run(connection)
         return
-    url = config.get_main_option("sqlalchemy.url")
+    url = make_url(config.get_main_option("sqlalchemy.url"))
     # SQLite: wait for a server or scheduler that is writing, as feedback.db does.
-    engine = create_engine(url, connect_args={"timeout": 30} if url.startswith("sqlite") else {})
+    sqlite = url.get_backend_name() == "sqlite"
+    engine = create_engine(url, connect_args={"timeout": 30} if sqlite else {})
     with engine.connect() as conn:
         _run(conn)
     engine.dispose()
