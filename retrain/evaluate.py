@@ -201,7 +201,7 @@ class Scorer:
 
     def _grammars(self) -> Any:
         if self._grammar_cache is None:
-            from serve.structured import Grammars
+            from feedback.structured import Grammars
 
             eos = self.model.generation_config.eos_token_id
             eos_ids = set(eos if isinstance(eos, list) else [eos]) - {None}

@@ -27,9 +27,9 @@ from transformers import (
 )
 from transformers.utils import logging as hf_logging
 
+from feedback.structured import Grammars, SchemaError
 from serve.lora import AdapterHost
 from serve.schemas import ChatRequestError
-from serve.structured import Grammars, SchemaError
 from serve.text import TextStream
 from serve.worker import Job
 

@@ -9,9 +9,9 @@ import time
 import pytest
 from transformers import AutoTokenizer
 
+from feedback.structured import token_bytes
 from serve.engine import Engine
 from serve.schemas import ChatRequestError
-from serve.structured import token_bytes
 from serve.worker import Job
 from tests.serve.support import MESSAGES
 

@@ -8,10 +8,13 @@ next. :class:`JsonConstraint` is a logits processor that follows each constraine
 row through that index and masks every other token, so the answer is valid JSON of
 the schema's shape as soon as the automaton is in a final state (where only the
 end-of-sequence token is left). A row can still be cut short by ``max_tokens``.
-Compiling runs in a child process with a time limit (:mod:`serve.schema_index`).
+Compiling runs in a child process with a time limit (:mod:`feedback.schema_index`).
 
-Evaluation uses the same processor (:meth:`retrain.evaluate.Scorer.generate`), so a
-benchmark with a schema measures what a client that sends the schema is served.
+Serving (:mod:`serve.engine`) and evaluation (:meth:`retrain.evaluate.Scorer.generate`)
+use the same processor, so a benchmark with a schema measures what a client that
+sends the schema is served. It lives in ``feedback``, the layer both may import, and
+so imports neither torch nor transformers: the processor works on whatever tensors
+``generate`` hands it, through their own methods.
 """
 
 from __future__ import annotations
@@ -25,9 +28,7 @@ from collections import OrderedDict
 from functools import cache
 from typing import Any
 
-import torch
 from outlines_core import Index, Vocabulary
-from transformers import LogitsProcessor
 
 ANY_OBJECT: dict[str, Any] = {"type": "object"}
 MAX_SCHEMA_CHARS = 16_384
@@ -81,7 +82,7 @@ def token_bytes(tokenizer: Any) -> dict[bytes, list[int]]:
 class Grammars:
     """Compiled JSON schemas for one tokenizer, the most recent few kept.
 
-    A schema is compiled in a child process (:mod:`serve.schema_index`) killed
+    A schema is compiled in a child process (:mod:`feedback.schema_index`) killed
     after ``timeout`` seconds, one schema at a time; a schema that failed is
     remembered, so asking again fails at once. Cached schemas are served while
     another one compiles.
@@ -127,7 +128,7 @@ class Grammars:
         payload = pickle.dumps((self._vocabulary, key))
         try:
             done = subprocess.run(
-                [sys.executable, "-m", "serve.schema_index"],
+                [sys.executable, "-m", "feedback.schema_index"],
                 input=payload,
                 capture_output=True,
                 timeout=self.timeout,
@@ -152,12 +153,15 @@ class Grammars:
         return JsonConstraint(indexes, self.eos_ids, self._eos)
 
 
-class JsonConstraint(LogitsProcessor):
+class JsonConstraint:
     """Masks, row by row, every token its index does not allow next.
 
-    Called by ``generate`` before each new token; the row's last token (from the
-    second call on) advances its state. A row that ended (end-of-sequence, then
-    padding) may only write end-of-sequence tokens.
+    A logits processor for ``generate`` (``LogitsProcessorList`` calls any
+    ``(input_ids, scores) -> scores`` callable), called before each new token; the
+    row's last token (from the second call on) advances its state. A row that ended
+    (end-of-sequence, then padding) may only write end-of-sequence tokens.
+
+    The tensors are torch's, typed ``Any`` because this module may not import torch.
     """
 
     def __init__(self, indexes: list[Index | None], eos_ids: frozenset[int], eos: int) -> None:
@@ -167,14 +171,14 @@ class JsonConstraint(LogitsProcessor):
         ]
         self.started = False
 
-    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+    def __call__(self, input_ids: Any, scores: Any) -> Any:
         last = input_ids[:, -1].tolist() if self.started else [None] * len(self.indexes)
         self.started = True
-        mask = torch.full_like(scores, float("-inf"))
-        free = torch.zeros(scores.shape[0], dtype=torch.bool)
+        # 0 where a token is allowed, -inf elsewhere, in the scores' dtype and device
+        mask = scores.new_full(scores.shape, float("-inf"))
         for row, index in enumerate(self.indexes):
             if index is None:
-                free[row] = True
+                mask[row] = 0
                 continue
             state = self.states[row]
             if state is not None and last[row] is not None:
@@ -183,6 +187,5 @@ class JsonConstraint(LogitsProcessor):
             allowed = self.eos_ids if state is None else index.get_allowed_tokens(state)
             if self.eos in allowed:
                 allowed = sorted({*allowed, *self.eos_ids})
-            mask[row, torch.tensor(allowed, dtype=torch.long)] = 0
-        mask[free] = 0
+            mask[row, list(allowed)] = 0
         return scores + mask

@@ -2,8 +2,8 @@
 
 Some schemas are cheap to state and very expensive to compile: a string with a
 ``maxLength`` of 20 took 77 s on the development machine, 300 did not finish in
-two minutes. :meth:`serve.structured.Grammars.index` therefore compiles in
-``python -m serve.schema_index``, which it kills after a time limit, so a hostile
+two minutes. :meth:`feedback.structured.Grammars.index` therefore compiles in
+``python -m feedback.schema_index``, which it kills after a time limit, so a hostile
 or careless schema costs one refused request, not a stuck server.
 
 Reads ``(vocabulary, schema_json)`` pickled on stdin (from the parent, never from
