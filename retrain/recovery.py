@@ -21,10 +21,10 @@ from pathlib import Path
 from sqlalchemy import Engine, select, update
 from sqlmodel import col
 
+from feedback.adapters.registry import Registry
 from feedback.db import write_session
 from feedback.models import DatasetSnapshot, RetrainRun, utcnow
 from feedback.settings import Settings
-from retrain.registry import Registry
 
 log = logging.getLogger("retrain.cycle")
 
@@ -88,7 +88,7 @@ def recover(settings: Settings, engine: Engine, run: RetrainRun) -> None:
         removed += [d for d in datasets.iterdir() if d.is_dir() and d.name not in snapshots]
     for folder in removed:
         shutil.rmtree(folder, ignore_errors=True)
-    removed += Registry(settings.data_dir / "adapters", engine).recover()
+    removed += Registry.from_settings(settings, engine).recover()
     for run_id in dead:
         log.warning("run %s: marked run %s failed (abandoned: its process died)", run.id, run_id)
     if removed:

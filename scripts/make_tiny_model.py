@@ -17,7 +17,7 @@ def build_tiny_model(out_dir: Path, *, seed: int = 0, tokenizer_dir: Path | None
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    from retrain.base_model import default_gguf
+    from feedback.base_model import default_gguf
 
     if tokenizer_dir is not None:
         tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)

@@ -34,7 +34,7 @@ from safetensors.torch import load_file
 from torch import nn
 from torch.nn import functional as F
 
-from feedback.adapter_files import CONFIG_FILE, WEIGHTS_FILE, CorruptAdapterError, read_json_object
+from feedback.adapters.files import CONFIG_FILE, WEIGHTS_FILE, CorruptAdapterError, read_json_object
 
 PEFT_PREFIX = "base_model.model."
 # LoRA variants whose forward differs from plain LoRA: serving them as plain

@@ -34,8 +34,8 @@ from typing import Any
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
-from feedback import adapter_store
-from feedback.adapter_files import CorruptAdapterError, verify_adapter_dir
+from feedback.adapters import store as adapter_store
+from feedback.adapters.files import CorruptAdapterError, verify_adapter_dir
 
 log = logging.getLogger(__name__)
 UNKNOWN = object()  # the store could not be read

@@ -1,5 +1,7 @@
 """``tuneback`` command line. Settings come from ``TUNEBACK_*`` environment variables.
 
+The commands of each area live in their own module (``cli_retrain``, ``cli_serve``
+...), each listing them in ``COMMANDS``; this module gathers them under one group.
 Heavy packages (torch, the model) are imported inside the commands that need
 them, so ``tuneback keys list`` stays fast.
 """
@@ -7,44 +9,12 @@ them, so ``tuneback keys list`` stays fast.
 from __future__ import annotations
 
 import sys
-from contextlib import contextmanager
 
 import click
-from pydantic import ValidationError
 
 from feedback.exceptions import TunebackError
-from feedback.settings import Settings
-
-
-def load_settings(**overrides) -> Settings:
-    try:
-        return Settings(**{k: v for k, v in overrides.items() if v is not None})
-    except ValidationError as error:
-        raise click.UsageError(f"invalid setting: {error}") from None
-
-
-@contextmanager
-def store_session(settings: Settings, *, migrate: bool = False):
-    """A committed-on-success session on the configured store."""
-    from sqlalchemy.exc import OperationalError
-    from sqlalchemy.orm import Session
-
-    from feedback import db
-
-    engine = db.make_engine(settings.resolved_database_url)
-    try:
-        if migrate or settings.is_sqlite:
-            db.upgrade(settings.resolved_database_url)
-        db.check_schema(engine)
-        with Session(engine, expire_on_commit=False) as session:
-            yield session
-            session.commit()
-    except TunebackError as error:
-        raise click.ClickException(str(error)) from None
-    except OperationalError as error:
-        raise click.ClickException(f"cannot use the database: {error.orig}") from None
-    finally:
-        engine.dispose()
+from tuneback import cli_demo, cli_deploy, cli_erase, cli_retrain, cli_serve
+from tuneback.runtime import load_settings, prepare_store, store_session
 
 
 @click.group()
@@ -185,25 +155,18 @@ def api(host: str | None, port: int | None, workers: int | None) -> None:
     from tuneback.server import run_gunicorn
 
     settings = load_settings(host=host, port=port, workers=workers)
-    with store_session(settings):
-        pass  # migrate the embedded store, or fail early on an old schema
+    prepare_store(settings)
     click.echo(
         f"Tuneback feedback API on http://{settings.host}:{settings.port} "
         f"(store: {settings.resolved_database_url.split('@')[-1]})",
         err=True,
     )
-    run_gunicorn("feedback.app:create_app", settings)
+    run_gunicorn("tuneback.apps:api_app", settings)
 
 
-def _add_commands() -> None:
-    from tuneback import cli_demo, cli_deploy, cli_erase, cli_retrain, cli_serve
-
-    modules = (cli_retrain, cli_serve, cli_deploy, cli_erase, cli_demo)
-    for command in (c for module in modules for c in module.COMMANDS):
-        cli.add_command(command)
-
-
-_add_commands()
+for _module in (cli_retrain, cli_serve, cli_deploy, cli_erase, cli_demo):
+    for _command in _module.COMMANDS:
+        cli.add_command(_command)
 
 
 def main() -> None:  # pragma: no cover - console entry for python -m

@@ -20,9 +20,9 @@ def replicas(as_json: bool) -> None:
     Each replica records what it serves every TUNEBACK_REPLICA_HEARTBEAT_SECONDS;
     the last line says whether they all serve the promoted adapter.
     """
-    from feedback import adapter_store
     from feedback import replicas as rep
-    from tuneback.cli import load_settings, store_session
+    from feedback.adapters import store as adapter_store
+    from tuneback.runtime import load_settings, store_session
 
     settings = load_settings()
     with store_session(settings) as session:
@@ -79,7 +79,7 @@ def model_prepare() -> None:
     from feedback import db
     from feedback.exceptions import TunebackError
     from retrain.base_model import resolve_base_model
-    from tuneback.cli import load_settings
+    from tuneback.runtime import load_settings
 
     settings = load_settings()
     engine = db.make_engine(settings.resolved_database_url)

@@ -8,8 +8,6 @@ import os
 
 import click
 
-from feedback.exceptions import TunebackError
-
 AUDIT_FILE = ("audit", "erasure.jsonl")
 log = logging.getLogger("tuneback.erase")
 
@@ -29,25 +27,18 @@ def erase(user: str | None, completion_id: str | None, dry_run: bool, as_json: b
     from sqlalchemy.orm import Session
 
     from feedback import db, erasure
-    from tuneback.cli import load_settings, store_session
+    from tuneback.runtime import load_settings, open_engine
 
     if (user is None) == (completion_id is None):
         raise click.UsageError("give exactly one of --user REF or --completion ID")
     settings = load_settings()
-    with store_session(settings):
-        pass  # migrate the embedded store, or fail early on an old schema
-    engine = db.make_engine(settings.resolved_database_url)
-    try:
+    with open_engine(settings) as engine:
         opener = Session(engine, expire_on_commit=False) if dry_run else db.write_session(engine)
         with opener as session:
             plan = erasure.plan_erasure(session, user=user, completion_id=completion_id)
             if not dry_run:
                 erasure.erase(session, plan)
                 session.commit()
-    except TunebackError as error:
-        raise click.ClickException(str(error)) from None
-    finally:
-        engine.dispose()
     audit = plan.audit(dry_run=dry_run)
     if not dry_run and not plan.empty:
         _append_audit(settings.data_dir.joinpath(*AUDIT_FILE), audit)

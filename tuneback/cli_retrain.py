@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from feedback.exceptions import TunebackError
+from tuneback.runtime import load_settings, open_engine
 
 
 def _logging() -> None:
@@ -21,19 +21,10 @@ def _logging() -> None:
 
 @contextmanager
 def _engine():
-    from feedback import db
-    from tuneback.cli import load_settings, store_session
-
+    """The settings and an engine on the prepared store; Tuneback errors exit cleanly."""
     settings = load_settings()
-    with store_session(settings):
-        pass  # migrate the embedded store, or fail early on an old schema
-    engine = db.make_engine(settings.resolved_database_url)
-    try:
+    with open_engine(settings) as engine:
         yield settings, engine
-    except TunebackError as error:
-        raise click.ClickException(str(error)) from None
-    finally:
-        engine.dispose()
 
 
 def _wait_option(function):  # noqa: ANN001, ANN202
@@ -124,10 +115,9 @@ def adapters() -> None:
 
 
 def _registry(settings, engine):  # noqa: ANN001, ANN202
-    from retrain.registry import Registry, served_base_model
+    from feedback.adapters.registry import Registry
 
-    served = served_base_model(settings.base_model, settings.data_dir)
-    return Registry(settings.data_dir / "adapters", engine, base_model=served)
+    return Registry.from_settings(settings, engine)
 
 
 @adapters.command("list")

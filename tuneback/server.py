@@ -1,10 +1,10 @@
 """Run a WSGI app factory under gunicorn, from the ``tuneback`` command or a gunicorn config.
 
-Two ways to run the same apps:
+Two ways to run the same apps (the factories of :mod:`tuneback.apps`):
 
-- ``tuneback api`` / ``tuneback serve`` call :func:`run_gunicorn` (the settings
-  come from ``TUNEBACK_*``);
-- plain ``gunicorn -c deploy/gunicorn/api.py 'tuneback.server:api_app()'`` (or
+- ``tuneback api`` / ``serve`` / ``up`` call :func:`run_gunicorn` (the settings
+  come from ``TUNEBACK_*`` and the command's options);
+- plain ``gunicorn -c deploy/gunicorn/api.py 'tuneback.apps:api_app()'`` (or
   ``serve.py`` and ``serving_app()``), for operators who manage gunicorn
   themselves. Both use the hooks below, so Prometheus multiprocess mode works
   the same either way.
@@ -110,25 +110,3 @@ def on_exit(_server) -> None:  # noqa: ANN001
     created = os.environ.get(_CREATED_ENV)
     if created:
         shutil.rmtree(created, ignore_errors=True)
-
-
-# --- app factories for plain gunicorn -------------------------------------------------
-
-
-def api_app():  # noqa: ANN201
-    """The feedback API from ``TUNEBACK_*`` settings (``gunicorn 'tuneback.server:api_app()'``)."""
-    from feedback.app import create_app
-
-    return create_app(Settings())
-
-
-def serving_app():  # noqa: ANN201
-    """Chat serving plus the feedback API, the base model resolved (converted once)."""
-    from retrain.base_model import resolve_base_model
-    from tuneback.cli_serve import serving_app as build
-
-    settings = Settings()
-    if not settings.upstream_url:
-        folder = resolve_base_model(settings.base_model, settings.data_dir)
-        settings = settings.model_copy(update={"base_model": str(folder)})
-    return build(settings)

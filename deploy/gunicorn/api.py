@@ -1,7 +1,7 @@
 """gunicorn settings for the feedback API, for operators who run gunicorn themselves.
 
     PROMETHEUS_MULTIPROC_DIR=/run/tuneback-api/metrics \
-        gunicorn -c deploy/gunicorn/api.py 'tuneback.server:api_app()'
+        gunicorn -c deploy/gunicorn/api.py 'tuneback.apps:api_app()'
 
 This is what ``tuneback api`` does internally. Settings come from ``TUNEBACK_*``
 (``TUNEBACK_HOST``, ``TUNEBACK_PORT``, ``TUNEBACK_WORKERS``, the database URL,

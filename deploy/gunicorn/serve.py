@@ -1,6 +1,6 @@
 """gunicorn settings for one chat-serving replica, for operators who run gunicorn themselves.
 
-    gunicorn -c deploy/gunicorn/serve.py 'tuneback.server:serving_app()'
+    gunicorn -c deploy/gunicorn/serve.py 'tuneback.apps:serving_app()'
 
 This is what ``tuneback serve`` does internally. One worker process: the model
 lives in it, one thread runs it and the others carry requests (streams

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import logging
 
-from flask import flash, redirect, request, url_for
+from flask import current_app, flash, redirect, request, url_for
 
+from feedback.adapters.registry import Registry
 from feedback.context import request_session
 from feedback.exceptions import NotFoundError, TunebackError
 from feedback.web import charts, queries
@@ -16,9 +17,8 @@ from feedback.web.pages import current_user, page_blueprint, render, sign_in_req
 bp = page_blueprint("dashboard", __name__)
 log = logging.getLogger(__name__)
 NOT_WIRED = (
-    "This process runs the feedback API without the trainer and the adapter registry: "
-    "use `tuneback up` or `tuneback serve`, or the `tuneback retrain` and "
-    "`tuneback adapters` commands."
+    "This process runs the feedback API without the trainer: use `tuneback up`, "
+    "`tuneback serve` or `tuneback api`, or the `tuneback retrain` command."
 )
 
 
@@ -62,21 +62,17 @@ def confirm_promote(version: str):
     if row is None:
         return render("forbidden.html", status=404, message="No such adapter version.")
     serving = queries.serving_summary(request_session())
-    return render("confirm.html", action="promote", adapter=row, serving=serving,
-                  available=hooks().promote is not None, not_wired=NOT_WIRED)  # fmt: skip
+    return render("confirm.html", action="promote", adapter=row, serving=serving)
 
 
 @bp.post("/dashboard/promote/<version>")
 @sign_in_required("admin")
 def promote(version: str):
-    action = hooks().promote
     force = request.form.get("force") == "yes"
-    if action is None:
-        flash("Promote is not available here. " + NOT_WIRED, "error")
-    elif request.form.get("confirm") != "yes":
+    if request.form.get("confirm") != "yes":
         flash("Nothing changed: the promotion was not confirmed.", "error")
     else:
-        _run(lambda: action(version, actor=actor(), force=force),
+        _run(lambda: registry().promote(version, actor=actor(), force=force),
              f"Promoted {version}" + (" (forced)" if force else "") + ".")  # fmt: skip
     return redirect(url_for("dashboard.overview"), code=303)
 
@@ -85,26 +81,29 @@ def promote(version: str):
 @sign_in_required("admin")
 def confirm_rollback():
     serving = queries.serving_summary(request_session())
-    return render("confirm.html", action="rollback", adapter=None, serving=serving,
-                  available=hooks().rollback is not None, not_wired=NOT_WIRED)  # fmt: skip
+    return render("confirm.html", action="rollback", adapter=None, serving=serving)
 
 
 @bp.post("/dashboard/rollback")
 @sign_in_required("admin")
 def rollback():
-    action = hooks().rollback
-    if action is None:
-        flash("Roll back is not available here. " + NOT_WIRED, "error")
-    elif request.form.get("confirm") != "yes":
+    if request.form.get("confirm") != "yes":
         flash("Nothing changed: the rollback was not confirmed.", "error")
     else:
 
         def go() -> str:
-            now = action(actor=actor())
+            now = registry().rollback(actor=actor())
             return f"Rolled back: now serving {now.version if now else 'the base model'}."
 
         _run(go, None)
     return redirect(url_for("dashboard.overview"), code=303)
+
+
+def registry() -> Registry:
+    """The deployment's adapter registry: the one `tuneback adapters` and the cycle use,
+    with the same checks (gate decision, checksums, served base model)."""
+    ext = current_app.extensions["tuneback"]
+    return Registry.from_settings(ext.settings, ext.engine)
 
 
 def actor() -> str:

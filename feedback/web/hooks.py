@@ -1,24 +1,20 @@
-"""Wiring the pages into an app, and the actions the composition root injects."""
+"""What the composition root injects into the pages: actions this package may not import.
+
+Promotion and rollback are not among them: the dashboard calls the adapter
+registry (:mod:`feedback.adapters.registry`) directly. Retraining needs the
+training package and the demo chat the served model, which ``feedback`` never
+imports, so ``tuneback`` wires those here when its process has them.
+"""
 
 from __future__ import annotations
 
-import logging
-import os
-import secrets
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 from flask import Flask, current_app
 
-from feedback.durable import fsync_dir
-from feedback.settings import Settings
-
-log = logging.getLogger(__name__)
 EXTENSION = "tuneback_web"
-SECRET_FILE = "secret_key"
 
 
 @dataclass
@@ -26,16 +22,12 @@ class WebHooks:
     """Actions the feedback package cannot do alone; None means "not wired here".
 
     ``retrain_now(actor) -> str`` starts a retrain cycle and says what happened.
-    ``promote(version, *, actor, force) -> adapter`` and ``rollback(*, actor) -> adapter |
-    None`` must be the registry's, so the dashboard has the same checks as the CLI.
     ``demo_chat(messages) -> server-sent events`` streams the served model's answer as
     OpenAI chat-completion chunks and logs the completion before the final
     ``data: [DONE]``; ``demo_widget_key`` is the public widget key of the demo page.
     """
 
     retrain_now: Callable[[str], str] | None = None
-    promote: Callable[..., Any] | None = None
-    rollback: Callable[..., Any] | None = None
     demo_chat: Callable[[list[dict[str, Any]]], Iterable[bytes]] | None = None
     demo_widget_key: str | None = None
 
@@ -43,72 +35,3 @@ class WebHooks:
 def hooks(app: Flask | None = None) -> WebHooks:
     """The app's :class:`WebHooks` (the current app's by default)."""
     return (app or current_app).extensions[EXTENSION]
-
-
-def init_app(app: Flask, settings: Settings) -> WebHooks:
-    """Register the pages on ``app``: session cookie settings, blueprints, hooks."""
-    from feedback.web import accounts, dashboard, demo, review, widget
-
-    app.secret_key = session_secret(settings)
-    app.config.update(
-        SESSION_COOKIE_NAME="tuneback_session",
-        SESSION_COOKIE_HTTPONLY=True,
-        SESSION_COOKIE_SAMESITE="Strict",
-        SESSION_COOKIE_SECURE=settings.secure_cookies,
-        PERMANENT_SESSION_LIFETIME=timedelta(hours=settings.session_hours),
-    )
-    for module in (widget, accounts, review, dashboard, demo):
-        app.register_blueprint(module.bp)
-    app.extensions[EXTENSION] = WebHooks()
-    return app.extensions[EXTENSION]
-
-
-def session_secret(settings: Settings) -> str:
-    """``TUNEBACK_SECRET_KEY``, or the key kept in the data dir (created once, 0600).
-
-    Every worker and every restart must sign cookies with the same key, or sessions
-    would break at random; the file is created complete under a temporary name and
-    linked into place, so concurrent first starts agree on one key.
-    """
-    if settings.secret_key is not None:
-        value = settings.secret_key.get_secret_value()
-        if len(value) < 16:
-            raise ValueError("TUNEBACK_SECRET_KEY must be at least 16 characters long")
-        return value
-    path = Path(settings.data_dir) / SECRET_FILE
-    try:
-        if not path.exists():
-            _create_secret(path)
-        value = path.read_text().strip()
-    except OSError as error:
-        # The API must still start (say, on a read-only disk with PostgreSQL); only
-        # sign-ins suffer: they last until this process ends and bind to this worker.
-        log.warning(
-            "cannot keep a session key in %s (%s): using one for this process only; "
-            "set TUNEBACK_SECRET_KEY so every worker and restart shares one",
-            path,
-            error,
-        )
-        return secrets.token_urlsafe(48)
-    if len(value) < 32:
-        raise ValueError(f"{path} holds no usable secret; delete it to make a new one")
-    return value
-
-
-def _create_secret(path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    staging = path.with_name(f".{SECRET_FILE}-{secrets.token_hex(4)}")
-    fd = os.open(staging, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        os.write(fd, f"{secrets.token_urlsafe(48)}\n".encode())
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    try:
-        os.link(staging, path)  # fails if another process made it first: use theirs
-        log.info("generated the session signing key in %s", path)
-    except FileExistsError:
-        pass
-    finally:
-        staging.unlink()
-    fsync_dir(path.parent)

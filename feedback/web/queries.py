@@ -9,7 +9,8 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 from sqlmodel import col
 
-from feedback import adapter_store, run_store
+from feedback import run_store
+from feedback.adapters import store as adapter_store
 from feedback.models import (
     AdapterVersion,
     Completion,

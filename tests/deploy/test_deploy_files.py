@@ -201,9 +201,9 @@ def test_kubectl_builds_the_kustomization():
 @pytest.mark.parametrize(
     "config, factory",
     [
-        ("api.py", "tuneback.server:api_app()"),
+        ("api.py", "tuneback.apps:api_app()"),
         # Loads torch and the model: about 5 s of CPU.
-        pytest.param("serve.py", "tuneback.server:serving_app()", marks=pytest.mark.slow),
+        pytest.param("serve.py", "tuneback.apps:serving_app()", marks=pytest.mark.slow),
     ],
 )
 def test_the_gunicorn_configs_load_their_apps(tmp_path, tiny_model, config, factory):

@@ -172,7 +172,7 @@ def serving(url: str, admin: str) -> str:
 
 
 def add_adapter(dep: Deployment, seed: int) -> str:
-    from retrain.registry import Registry
+    from feedback.adapters.registry import Registry
     from tests.serve.support import make_lora
 
     folder = make_lora(dep.base_model, dep.root / f"lora-{seed}", seed=seed)

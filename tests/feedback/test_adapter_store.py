@@ -9,7 +9,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import col
 
-from feedback import adapter_store as s
+from feedback.adapters import store as s
 from feedback.exceptions import InvalidInputError, NotFoundError, TunebackError
 from feedback.models import AdapterVersion, DatasetExample, DatasetSnapshot, PromotionEvent
 

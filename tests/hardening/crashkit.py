@@ -25,9 +25,9 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from feedback import db, store
+from feedback.adapters.registry import POINTER, TMP_PREFIX, Registry
 from feedback.models import DatasetSnapshot, Lease, RetrainRun
 from retrain.base_model import resolve_base_model
-from retrain.registry import POINTER, TMP_PREFIX, Registry
 from tests.live import BIN, tuneback_env
 from tests.retrain.examples import ROUTING_ANSWER, card_questions
 

@@ -21,10 +21,11 @@ import torch
 from click.testing import CliRunner
 from safetensors.torch import load_file, save_file
 
-from feedback import adapter_store, db
-from feedback.adapter_files import CHECKSUMS, CONFIG_FILE, WEIGHTS_FILE, CorruptAdapterError
+from feedback import db
+from feedback.adapters import store as adapter_store
+from feedback.adapters.files import CHECKSUMS, CONFIG_FILE, WEIGHTS_FILE, CorruptAdapterError
+from feedback.adapters.registry import Registry
 from feedback.db import write_session
-from retrain.registry import Registry
 from serve.engine import Engine
 from serve.swap import Swapper
 from tests.live import tuneback_env

@@ -12,7 +12,8 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from feedback import adapter_store, run_store, store
+from feedback import run_store, store
+from feedback.adapters import store as adapter_store
 from feedback.db import write_session
 from feedback.models import DatasetExample, RetrainRun
 from retrain.cycle import LEASE, CycleFailedError, run_cycle

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from feedback import db
-from retrain.registry import Registry
+from feedback.adapters.registry import Registry
 from serve.app import create_serving_app
 from tests.serve.support import LiveApp, build_tiny_model, make_keys, serve_settings
 

@@ -10,7 +10,7 @@ import pytest
 from safetensors.numpy import save_file
 
 from feedback import db
-from retrain.registry import Registry
+from feedback.adapters.registry import Registry
 from serve.swap import Swapper
 
 BASE = "tiny-base"

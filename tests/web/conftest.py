@@ -63,7 +63,7 @@ def page(browser) -> Iterator:
 @pytest.fixture(scope="module")
 def site(tmp_path_factory) -> Iterator[Site]:
     """The app on loopback with the dashboard's actions wired as ``tuneback up`` wires them."""
-    from tuneback.cli_serve import wire_admin_actions
+    from tuneback.apps import wire_admin_actions
 
     site = Site(tmp_path_factory.mktemp("site"), wire=wire_admin_actions)
     yield site

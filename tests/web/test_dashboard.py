@@ -10,11 +10,12 @@ import pytest
 from sqlalchemy import update
 from sqlalchemy.orm import Session
 
-from feedback import adapter_store, run_store
+from feedback import run_store
+from feedback.adapters import store as adapter_store
+from feedback.adapters.registry import Registry
 from feedback.app import create_app
 from feedback.db import write_session
 from feedback.models import Feedback, utcnow
-from retrain.registry import Registry
 from tests.web.support import BASE_MODEL, csrf_of, make_adapter_files, screenshot, sign_in
 
 
@@ -135,8 +136,9 @@ def test_retrain_now_starts_a_cycle_that_the_runs_table_shows(page, site, adapte
     assert "skipped" in runs.inner_text()  # a handful of votes is not enough data
 
 
-def test_without_the_registry_the_buttons_say_so(tmp_path, site):
-    """`create_app` alone (no composition root) has no retrain, promote or rollback."""
+def test_without_the_trainer_retrain_says_so_and_the_registry_still_answers(tmp_path, site):
+    """`create_app` alone (no composition root) cannot retrain, but promote and roll
+    back call the registry directly, so they are offered there too."""
     app = create_app(site.settings, engine=site.engine)
     client = app.test_client()
     form = client.get("/signin")
@@ -144,8 +146,8 @@ def test_without_the_registry_the_buttons_say_so(tmp_path, site):
     html = client.get("/dashboard").text
     assert "not wired in this process" in html
     assert '<button type="submit" disabled' in html
-    answer = client.post(
-        "/dashboard/rollback", data={"csrf_token": csrf_of(html), "confirm": "yes"}
-    )
+    assert "Yes, roll back" in client.get("/dashboard/rollback").text
+    answer = client.post("/dashboard/rollback", data={"csrf_token": csrf_of(html)})
     assert answer.status_code == 303
-    assert "Roll back is not available here." in client.get("/dashboard").text
+    after = client.get("/dashboard").text
+    assert "the rollback was not confirmed" in after and "not available" not in after

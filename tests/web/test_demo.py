@@ -22,7 +22,7 @@ from tests.web.support import Served, Site
 def demo(tmp_path_factory, tiny_model):
     """`tuneback up`'s app on loopback (tiny model, no scheduler), demo page wired."""
     from serve.app import create_serving_app
-    from tuneback.cli_serve import wire_admin_actions, wire_demo_page
+    from tuneback.apps import wire_admin_actions, wire_demo_page
 
     data_dir = tmp_path_factory.mktemp("demo")
     port = free_port()
@@ -98,7 +98,7 @@ def test_the_demo_chat_needs_the_pages_csrf_token(tmp_path):
 def test_the_demo_page_is_off_unless_on_loopback(tmp_path):
     from flask import Flask
 
-    from tuneback.cli_serve import wire_demo_page
+    from tuneback.apps import wire_demo_page
 
     app = Flask(__name__)
     settings = Settings(data_dir=tmp_path, host="0.0.0.0")

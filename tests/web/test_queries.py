@@ -38,7 +38,7 @@ def test_votes_per_day_counts_each_utc_day_and_fills_gaps(engine, session):
 
 
 def test_adapter_rows_carry_dataset_sizes_metrics_and_gate(engine, session):
-    from feedback import adapter_store
+    from feedback.adapters import store as adapter_store
 
     snap = run_store.record_dataset(
         session, content_hash="h", counts={"train": 8, "heldout": 2}, path=None, examples=[]

@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from feedback.settings import Settings
-from feedback.web.hooks import SECRET_FILE, session_secret
+from feedback.web.setup import SECRET_FILE, session_secret
 
 
 def test_a_generated_key_is_private_and_shared_by_every_worker(tmp_path):

@@ -19,7 +19,7 @@ from tests.web.support import screenshot, sign_in
 @pytest.fixture
 def up(tmp_path):
     """`tuneback up` on a free loopback port, with its own data dir; stopped afterwards."""
-    from retrain.base_model import BaseModelError, default_gguf
+    from feedback.base_model import BaseModelError, default_gguf
 
     try:
         default_gguf()

@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy.orm import Session
 
 from feedback import store
-from retrain.registry import Registry
+from feedback.adapters.registry import Registry
 from tests.web.support import make_adapter_files, screenshot, sign_in
 
 PAYLOADS = [

@@ -255,7 +255,7 @@ def _day_and_night(demo: Demo, options: DemoOptions) -> dict:
 def _prepare(options: DemoOptions, data_dir: Path, echo: Callable[[str], None]) -> Settings:
     """Settings on the embedded defaults in ``data_dir``, the base model resolved."""
     from retrain.base_model import resolve_base_model
-    from tuneback.cli import load_settings, store_session
+    from tuneback.runtime import load_settings, prepare_store
 
     source = options.base_model or load_settings(data_dir=data_dir).base_model
     echo("  resolving the base model (a GGUF file is converted once, about 20 s)")
@@ -272,8 +272,7 @@ def _prepare(options: DemoOptions, data_dir: Path, echo: Callable[[str], None]) 
         serve_poll_seconds=0.25,
     )
     _write_golden(golden, get_scenario(options.scenario), options.heldout)
-    with store_session(settings):
-        pass  # migrate the store
+    prepare_store(settings)
     return settings
 
 
@@ -289,7 +288,7 @@ def _write_golden(path: Path, scenario: Scenario, count: int) -> None:
 
 def _create_keys(settings: Settings) -> dict[str, str]:
     from feedback import store
-    from tuneback.cli import store_session
+    from tuneback.runtime import store_session
 
     keys = {}
     with store_session(settings) as session:

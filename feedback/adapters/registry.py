@@ -1,77 +1,54 @@
-"""Adapter folders on disk, promoted and rolled back through the store.
+"""The adapter registry: versions on disk and in the store; promote, roll back, recover.
 
-Each adapter lives in ``<root>/<version>/``: the files PEFT's
-``save_pretrained`` wrote (safetensors only, never pickle), plus
-``training_config.json``, ``metrics.json``, ``gate.json``, ``manifest.json``
-and ``checksums.json`` (the sha256 of every other file). The database row
-holds the sha256 of ``checksums.json``, so one digest vouches for the folder.
+Each adapter lives in ``<root>/<version>/`` in the folder format of
+:mod:`feedback.adapters.files`; its row (:mod:`feedback.adapters.store`) holds
+the sha256 of the folder's ``checksums.json``, so one digest vouches for it.
+Needs neither torch nor the training code: the retrain cycle, the serving
+process, the command line and the dashboard all call this same class, built by
+:meth:`Registry.from_settings`, so each applies the same checks.
 
 Crash safety. :meth:`Registry.add` builds the folder under ``.tmp-*``, fsyncs
 it, renames it into place, and only then inserts the row: a crash leaves a
 temp folder or an unregistered folder (both removed by :meth:`Registry.recover`),
 never a row without its files. The database is authoritative for which adapter
-is promoted; a switch is one transaction (see :mod:`feedback.adapter_store`).
+is promoted; a switch is one transaction (see :mod:`feedback.adapters.store`).
 ``<root>/CURRENT`` names the promoted version for operators, rewritten after
 each commit; it may lag after a crash, until :meth:`Registry.recover`.
-
-:func:`verify_adapter_dir` (in :mod:`feedback.adapter_files`, re-exported
-here) needs neither torch nor the database, so the serving process can refuse
-a broken adapter (bad checksum, truncated file, wrong base model) with the
-same checks.
 """
 
 from __future__ import annotations
 
 import builtins
-import hashlib
-import json
 import logging
 import os
 import re
 import secrets
 import shutil
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
-from feedback import adapter_store
-from feedback.adapter_files import (
-    CHECKSUMS,
-    CONFIG_FILE,
-    DTYPE_BYTES,
+from feedback import faults
+from feedback.adapters import store as adapter_store
+from feedback.adapters.files import (
     MANIFEST,
-    MAX_HEADER_BYTES,
-    PICKLE_SUFFIXES,
-    WEIGHTS_FILE,
     CorruptAdapterError,
-    UnsafeAdapterFileError,
     check_fits_base,
-    check_safetensors,
-    sha256_file,
+    generated_files,
+    source_files,
+    stage,
     verify_adapter_dir,
+    write_durably,
 )
-from feedback.adapter_files import chunks as _chunks
-from feedback.adapter_files import list_files as _list_files
-from feedback.adapter_files import refuse_pickles as _refuse_pickles
+from feedback.base_model import served_base_model
 from feedback.db import write_session
 from feedback.durable import fsync_dir
 from feedback.exceptions import InvalidInputError, TunebackError
-from feedback.models import AdapterVersion, utcnow
-from retrain import faults
-from retrain.base_model import BaseModelError, default_gguf
+from feedback.models import AdapterVersion
+from feedback.settings import Settings
 
-# The verification code lives in feedback.adapter_files (no torch, no database),
-# so that serving can use it without importing training code; re-exported here.
-__all__ = [
-    "CHECKSUMS", "CONFIG_FILE", "DTYPE_BYTES", "MANIFEST", "MAX_HEADER_BYTES", "PICKLE_SUFFIXES",
-    "WEIGHTS_FILE", "AdapterRejectedError", "CorruptAdapterError", "Registry",
-    "UnsafeAdapterFileError", "check_safetensors", "sha256_file", "verify_adapter_dir",
-]  # fmt: skip
-
-GENERATED = ("training_config.json", "metrics.json", "gate.json", MANIFEST, CHECKSUMS)
 POINTER = "CURRENT"
 TMP_PREFIX = ".tmp-"
 log = logging.getLogger(__name__)
@@ -86,45 +63,8 @@ class AdapterRejectedError(TunebackError, ValueError):
 
 def _checkpoint(step: str) -> None:
     """A named step of add, promote or rollback, where a crash test may die
-    (``TUNEBACK_FAULT_AT=registry.<step>``, see :mod:`retrain.faults`)."""
+    (``TUNEBACK_FAULT_AT=registry.<step>``, see :mod:`feedback.faults`)."""
     faults.checkpoint(f"registry.{step}")
-
-
-# --- crash-safe file writing ---------------------------------------------------
-
-
-def _write_durably(target: Path, chunks: Iterable[bytes]) -> str:
-    """Write ``chunks`` to a new file and fsync it; return their sha256."""
-    digest = hashlib.sha256()
-    with open(target, "xb") as stream:
-        for chunk in chunks:
-            digest.update(chunk)
-            stream.write(chunk)
-        stream.flush()
-        os.fsync(stream.fileno())
-    return digest.hexdigest()
-
-
-def _json_bytes(data: Any) -> bytes:
-    safe = adapter_store.json_safe(data)
-    return json.dumps(safe, indent=2, sort_keys=True, allow_nan=False, default=str).encode()
-
-
-def _stage(source: Path, files: builtins.list[str], staging: Path, extra: dict[str, Any]) -> str:
-    """Copy ``files`` and write ``extra`` (name -> JSON data) and checksums.json into
-    ``staging``, all fsynced; return the sha256 of checksums.json."""
-    staging.mkdir()
-    digests = {}
-    for name in files:
-        (staging / name).parent.mkdir(parents=True, exist_ok=True)
-        digests[name] = _write_durably(staging / name, _chunks(source / name))
-    for name, data in extra.items():
-        digests[name] = _write_durably(staging / name, [_json_bytes(data)])
-    checksums = _json_bytes({"algorithm": "sha256", "files": digests})
-    _write_durably(staging / CHECKSUMS, [checksums])
-    for folder in sorted({(staging / name).parent for name in digests}, reverse=True):
-        fsync_dir(folder)
-    return hashlib.sha256(checksums).hexdigest()
 
 
 # --- the registry --------------------------------------------------------------
@@ -141,6 +81,13 @@ class Registry:
         self.root = Path(root)
         self.engine = engine
         self.base_model = base_model
+
+    @classmethod
+    def from_settings(cls, settings: Settings, engine: Engine) -> Registry:
+        """The deployment's registry: ``<data dir>/adapters``, checking adapters against
+        the base model these settings serve (see :func:`feedback.base_model.served_base_model`)."""
+        served = served_base_model(settings.base_model, settings.data_dir)
+        return cls(Path(settings.data_dir) / "adapters", engine, base_model=served)
 
     def path(self, version: str) -> Path:
         if not _VERSION.match(version):
@@ -176,13 +123,13 @@ class Registry:
         if status not in ("candidate", "rejected"):
             raise InvalidInputError(f"a new adapter is a candidate or rejected, not {status!r}")
         source_dir = Path(source_dir)
-        files = _source_files(source_dir)
+        files = source_files(source_dir)
         self.root.mkdir(parents=True, exist_ok=True)
         version = self._free_name() if version is None else version
         final = self.path(version)
         if final.exists() or self._registered(version):
             raise adapter_store.AdapterVersionExistsError(f"adapter {version!r} already exists")
-        extra = _generated_files(
+        extra = generated_files(
             version=version, base_model=base_model, dataset_id=dataset_id, run_id=run_id,
             config=config, metrics=metrics, gate=gate,
         )  # fmt: skip
@@ -315,7 +262,7 @@ class Registry:
         """Build the folder under a temp name, verify it, rename it to ``final``."""
         staging = self.root / f"{TMP_PREFIX}{final.name}-{secrets.token_hex(4)}"
         try:
-            checksum = _stage(source, files, staging, extra)
+            checksum = stage(source, files, staging, extra)
             verify_adapter_dir(staging, expected_checksum=checksum, expected_base_model=base)
             if Path(base).is_dir():
                 check_fits_base(staging, base)
@@ -352,52 +299,7 @@ class Registry:
         """Atomically write ``CURRENT``: the promoted version, or empty for the base model."""
         self.root.mkdir(parents=True, exist_ok=True)
         staging = self.root / f"{TMP_PREFIX}{POINTER}-{secrets.token_hex(4)}"
-        _write_durably(staging, [f"{version or ''}\n".encode()])
+        write_durably(staging, [f"{version or ''}\n".encode()])
         _checkpoint("pointer_staged")
         os.replace(staging, self.root / POINTER)
         fsync_dir(self.root)
-
-
-def served_base_model(base_model: str | None, data_dir: Path) -> str | None:
-    """The base model a deployment with these settings serves, as its adapters record
-    it (the folder :func:`retrain.base_model.resolve_base_model` returns), worked out
-    without converting anything. None when it cannot be told (no default model).
-
-    Promotion and rollback from the command line check adapters against it, so an
-    adapter trained for another base model is refused before any server sees it.
-    """
-    try:
-        source = Path(base_model).expanduser() if base_model else default_gguf()
-    except BaseModelError:
-        return None
-    if source.suffix == ".gguf":
-        source = data_dir / "models" / source.stem
-    return str(source.resolve())
-
-
-def _generated_files(
-    *, version: str, base_model: str, config: Any, metrics: Any, gate: Any, **lineage: Any
-) -> dict[str, Any]:
-    """The JSON files the registry writes next to the adapter: name -> content."""
-    manifest = {"version": version, "base_model": base_model, **lineage}
-    return {
-        "training_config.json": config or {},
-        "metrics.json": metrics or {},
-        "gate.json": gate or {},
-        MANIFEST: {**manifest, "created_at": utcnow().isoformat()},
-    }
-
-
-def _source_files(source_dir: Path) -> builtins.list[str]:
-    """The files to copy from a PEFT output folder, after refusing what must not go in."""
-    if not source_dir.is_dir():
-        raise InvalidInputError(f"adapter source {source_dir} is not a folder")
-    files = _list_files(source_dir)
-    _refuse_pickles(files, source_dir)
-    clashes = sorted(set(files) & set(GENERATED))
-    if clashes:
-        raise InvalidInputError(f"{source_dir}: {clashes} would be overwritten by the registry")
-    for required in (WEIGHTS_FILE, CONFIG_FILE):
-        if required not in files:
-            raise CorruptAdapterError(f"{source_dir}: {required} is missing")
-    return files

@@ -17,7 +17,6 @@ failing on the unique index. On SQLite call these in a write transaction
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Iterable
 from typing import Any
@@ -26,6 +25,7 @@ from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 from sqlmodel import col
 
+from feedback.adapters.files import json_safe
 from feedback.exceptions import InvalidInputError, NotFoundError, TunebackError
 from feedback.models import (
     ADAPTER_STATUSES,
@@ -280,21 +280,6 @@ def _switch(
 
 
 # --- helpers -------------------------------------------------------------------
-
-
-def json_safe(value: Any) -> Any:
-    """``value`` with NaN and infinities replaced by None.
-
-    PostgreSQL's JSON types reject NaN, and a failed evaluation's metrics must
-    still be storable; the gate's reasons say what the missing numbers were.
-    """
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {str(k): json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [json_safe(v) for v in value]
-    return value
 
 
 def _check_status(status: str) -> None:

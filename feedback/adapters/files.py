@@ -1,15 +1,16 @@
-"""Checks on adapter folders that need neither torch nor the database.
+"""The adapter folder format: written and verified here, with neither torch nor the database.
 
 An adapter folder holds what PEFT's ``save_pretrained`` wrote (safetensors
-only, never pickle) plus the files the registry adds: ``manifest.json``
-(version and base model) and ``checksums.json`` (the sha256 of every other
-file). The registry row holds the sha256 of ``checksums.json``, so one digest
-vouches for the whole folder.
+only, never pickle) plus the files the registry adds: ``training_config.json``,
+``metrics.json``, ``gate.json``, ``manifest.json`` (version and base model) and
+``checksums.json`` (the sha256 of every other file). The registry row holds the
+sha256 of ``checksums.json``, so one digest vouches for the whole folder.
 
-Both the registry (before it registers or promotes an adapter) and the serving
-process (before it loads one) call :func:`verify_adapter_dir`, so a bad
-checksum, a truncated file or an adapter for another base model is refused
-the same way everywhere.
+:func:`stage` writes such a folder (every file fsynced) and
+:func:`verify_adapter_dir` checks one. The registry (before it registers or
+promotes an adapter) and the serving process (before it loads one) both call
+the latter, so a bad checksum, a truncated file or an adapter for another base
+model is refused the same way everywhere.
 """
 
 from __future__ import annotations
@@ -18,16 +19,21 @@ import builtins
 import hashlib
 import json
 import math
+import os
 import struct
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from feedback.exceptions import TunebackError
+from feedback.durable import fsync_dir
+from feedback.exceptions import InvalidInputError, TunebackError
 
 WEIGHTS_FILE = "adapter_model.safetensors"
 CONFIG_FILE = "adapter_config.json"
 MANIFEST, CHECKSUMS = "manifest.json", "checksums.json"
+# What the registry writes beside PEFT's files; a source folder may not hold these.
+GENERATED = ("training_config.json", "metrics.json", "gate.json", MANIFEST, CHECKSUMS)
 # Formats that unpickle on load, and so could run code: refused everywhere.
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".joblib", ".npy", ".npz")
 MAX_HEADER_BYTES = 100 * 1024 * 1024  # the safetensors format's own limit
@@ -208,6 +214,87 @@ def check_fits_base(path: Path, base_folder: Path | str) -> None:
                 f"{path}: {name} has shape {shape}, which does not fit the base model's "
                 f"{in_features}->{out_features} layer {stem}"
             )
+
+
+# --- writing -------------------------------------------------------------------
+
+
+def source_files(source_dir: Path) -> builtins.list[str]:
+    """The files to copy from a PEFT output folder, after refusing what must not go in."""
+    if not source_dir.is_dir():
+        raise InvalidInputError(f"adapter source {source_dir} is not a folder")
+    files = list_files(source_dir)
+    refuse_pickles(files, source_dir)
+    clashes = sorted(set(files) & set(GENERATED))
+    if clashes:
+        raise InvalidInputError(f"{source_dir}: {clashes} would be overwritten by the registry")
+    for required in (WEIGHTS_FILE, CONFIG_FILE):
+        if required not in files:
+            raise CorruptAdapterError(f"{source_dir}: {required} is missing")
+    return files
+
+
+def generated_files(
+    *, version: str, base_model: str, config: Any, metrics: Any, gate: Any, **lineage: Any
+) -> dict[str, Any]:
+    """The JSON files the registry writes next to the adapter: name -> content."""
+    manifest = {"version": version, "base_model": base_model, **lineage}
+    return {
+        "training_config.json": config or {},
+        "metrics.json": metrics or {},
+        "gate.json": gate or {},
+        MANIFEST: {**manifest, "created_at": datetime.now(UTC).isoformat()},
+    }
+
+
+def stage(source: Path, files: builtins.list[str], staging: Path, extra: dict[str, Any]) -> str:
+    """Copy ``files`` and write ``extra`` (name -> JSON data) and checksums.json into
+    the new folder ``staging``, all fsynced; return the sha256 of checksums.json."""
+    staging.mkdir()
+    digests = {}
+    for name in files:
+        (staging / name).parent.mkdir(parents=True, exist_ok=True)
+        digests[name] = write_durably(staging / name, chunks(source / name))
+    for name, data in extra.items():
+        digests[name] = write_durably(staging / name, [json_bytes(data)])
+    checksums = json_bytes({"algorithm": "sha256", "files": digests})
+    write_durably(staging / CHECKSUMS, [checksums])
+    for folder in sorted({(staging / name).parent for name in digests}, reverse=True):
+        fsync_dir(folder)
+    return hashlib.sha256(checksums).hexdigest()
+
+
+def write_durably(target: Path, data: Iterable[bytes]) -> str:
+    """Write ``data`` to a new file and fsync it; return its sha256."""
+    digest = hashlib.sha256()
+    with open(target, "xb") as stream:
+        for chunk in data:
+            digest.update(chunk)
+            stream.write(chunk)
+        stream.flush()
+        os.fsync(stream.fileno())
+    return digest.hexdigest()
+
+
+def json_bytes(data: Any) -> bytes:
+    return json.dumps(
+        json_safe(data), indent=2, sort_keys=True, allow_nan=False, default=str
+    ).encode()
+
+
+def json_safe(value: Any) -> Any:
+    """``value`` with NaN and infinities replaced by None.
+
+    PostgreSQL's JSON types reject NaN, and a failed evaluation's metrics must
+    still be storable; the gate's reasons say what the missing numbers were.
+    """
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    return value
 
 
 # --- helpers -------------------------------------------------------------------

@@ -20,17 +20,16 @@ import pytest
 from safetensors.numpy import save_file
 from sqlalchemy.orm import Session
 
-from feedback import adapter_store
-from feedback.exceptions import InvalidInputError, NotFoundError, TunebackError
-from retrain import registry as reg
-from retrain.registry import (
-    AdapterRejectedError,
+from feedback.adapters import store as adapter_store
+from feedback.adapters.files import (
     CorruptAdapterError,
-    Registry,
     UnsafeAdapterFileError,
     check_safetensors,
+    sha256_file,
     verify_adapter_dir,
 )
+from feedback.adapters.registry import AdapterRejectedError, Registry
+from feedback.exceptions import InvalidInputError, NotFoundError, TunebackError
 
 ROOT = Path(__file__).resolve().parents[2]
 BASE = "tiny-base"
@@ -185,7 +184,7 @@ def test_rewritten_checksums_do_not_fool_the_registered_checksum(registry, sourc
     folder = registry.path(registry.add(source, base_model=BASE).version)
     checksums = json.loads((folder / "checksums.json").read_text())
     (folder / "tokenizer_config.json").write_text('{"x": 1}')
-    checksums["files"]["tokenizer_config.json"] = reg.sha256_file(folder / "tokenizer_config.json")
+    checksums["files"]["tokenizer_config.json"] = sha256_file(folder / "tokenizer_config.json")
     (folder / "checksums.json").write_text(json.dumps(checksums))
     verify_adapter_dir(folder)  # consistent on its own ...
     with pytest.raises(CorruptAdapterError, match="does not match the registered checksum"):
@@ -367,7 +366,7 @@ CHILD = """
 import os, signal, sys
 from pathlib import Path
 from feedback import db
-from retrain import registry
+from feedback.adapters import registry
 
 url, root, op, step, arg = sys.argv[1:]
 def die_at(name):
