@@ -1,7 +1,7 @@
 """Structured output benchmark: what decoding under a JSON schema costs, and what it buys.
 
 On SmolLM2-135M-Instruct (or ``--base-model``), the extraction scenario's held-out
-messages are answered greedily by the serving engine (``serve.engine.Engine``,
+messages are answered greedily by the serving engine (``serve.engine.ModelEngine``,
 batched as the server batches), once freely and once under the scenario's schema
 (``response_format``, ``serve.structured``). Both sides run every round, in
 alternating order; the report gives the best round's generated tokens per second
@@ -40,13 +40,13 @@ def main(argv: list[str] | None = None) -> int:
 
     from retrain.base_model import resolve_base_model
     from retrain.scenarios import get_scenario, messages
-    from serve.engine import Engine
+    from serve.engine import ModelEngine
     from serve.worker import Job
 
     if args.threads:
         torch.set_num_threads(args.threads)
     scenario = get_scenario("extraction")
-    engine = Engine(resolve_base_model(args.base_model, args.data_dir), device="cpu")
+    engine = ModelEngine(resolve_base_model(args.base_model, args.data_dir), device="cpu")
     heldout = list(messages("test")[: args.messages])
     prompts = [engine.encode_chat(scenario.prompt(m)) for m in heldout]
     references = [scenario.reference(m) for m in heldout]

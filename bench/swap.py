@@ -16,7 +16,7 @@ registry so they carry checksums and a manifest):
   the merged model (PEFT ``merge_and_unload``) against ours with the adapter as
   serving runs it when one adapter takes all traffic (merged buffers), both
   through Hugging Face ``generate``; also ours unmerged (forward hooks), the
-  bare base model, and ours through the whole serving path (``Engine.generate``
+  bare base model, and ours through the whole serving path (``ModelEngine.generate``
   with its per-token bookkeeping).
 
 Swap figures pool every swap. Decode runs every side once per round, in a
@@ -109,7 +109,7 @@ def bench_ours_swaps(base: Path, folders: list[Path], work: Path, swaps: int) ->
 
     from feedback import db
     from feedback.adapters.registry import Registry
-    from serve.engine import Engine
+    from serve.engine import ModelEngine
     from serve.swap import Swapper
 
     url = f"sqlite:///{work / 'bench.db'}"
@@ -117,7 +117,7 @@ def bench_ours_swaps(base: Path, folders: list[Path], work: Path, swaps: int) ->
     sql = db.make_engine(url)
     registry = Registry(work / "adapters", sql)
     versions = [registry.add(f, base_model=str(base)).version for f in folders]
-    engine = Engine(base, device="cpu", max_rank=64, merge=True)
+    engine = ModelEngine(base, device="cpu", max_rank=64, merge=True)
     stamps: list[float] = []
     swapper = Swapper(
         sql,

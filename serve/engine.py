@@ -42,7 +42,7 @@ def pick_device(setting: str) -> torch.device:
     return torch.device(setting)
 
 
-class Engine:
+class ModelEngine:
     """A causal LM from a local Hugging Face folder, ready to serve chats."""
 
     def __init__(
@@ -148,7 +148,7 @@ def _constraints(grammars: Grammars, jobs: list[Job]) -> LogitsProcessorList | N
 class _Rows(StoppingCriteria):
     """Per-row bookkeeping, called by ``generate`` after every new token."""
 
-    def __init__(self, jobs: list[Job], engine: Engine) -> None:
+    def __init__(self, jobs: list[Job], engine: ModelEngine) -> None:
         self.jobs, self.eos = jobs, engine.eos_ids
         self.texts = [TextStream(engine.decode, job.stops) for job in jobs]
         self.counts = [0] * len(jobs)

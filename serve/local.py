@@ -48,7 +48,7 @@ class LocalBackend:
     @classmethod
     def build(cls, settings: Settings, base_model_dir: Path, sql: Engine, **hooks: Any):  # noqa: ANN206
         """Load the model, catch up with the store, start the worker and the watcher."""
-        from serve.engine import Engine as ModelEngine
+        from serve.engine import ModelEngine
         from serve.swap import Swapper
 
         base_model_dir = Path(base_model_dir).resolve()

@@ -26,7 +26,7 @@ from feedback.adapters import store as adapter_store
 from feedback.adapters.files import CHECKSUMS, CONFIG_FILE, WEIGHTS_FILE, CorruptAdapterError
 from feedback.adapters.registry import Registry
 from feedback.db import write_session
-from serve.engine import Engine
+from serve.engine import ModelEngine
 from serve.swap import Swapper
 from tests.live import tuneback_env
 from tests.serve.support import PEFT_WARNING, make_lora
@@ -44,7 +44,7 @@ class Stack:
         db.upgrade(self.url)
         self.sql = db.make_engine(self.url)
         self.registry = Registry(root / "adapters", self.sql)
-        self.engine = Engine(base, max_rank=16)
+        self.engine = ModelEngine(base, max_rank=16)
         self.swapper = Swapper(self.sql, self.engine.host, base_model=str(base))
         self.made = 0
 

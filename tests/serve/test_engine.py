@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from serve.engine import Engine
+from serve.engine import ModelEngine
 from serve.lora import IncompatibleAdapterError, read_lora_config
 from serve.worker import DONE, Job
 from tests.serve.support import MESSAGES, PEFT_WARNING, make_lora
@@ -18,8 +18,8 @@ pytestmark = pytest.mark.filterwarnings(PEFT_WARNING)
 
 
 @pytest.fixture(scope="module")
-def engine(tiny_base) -> Engine:
-    return Engine(tiny_base, max_rank=16)
+def engine(tiny_base) -> ModelEngine:
+    return ModelEngine(tiny_base, max_rank=16)
 
 
 @pytest.fixture(scope="module")
@@ -39,13 +39,13 @@ class Lease:
         pass
 
 
-def logits(engine: Engine, adapter: str | None) -> torch.Tensor:
+def logits(engine: ModelEngine, adapter: str | None) -> torch.Tensor:
     ids = torch.tensor([engine.encode_chat(MESSAGES)])
     with engine.host.activate(adapter) as mode, torch.inference_mode():
         return engine.model(ids).logits, mode
 
 
-def peft_logits(base, folder, engine: Engine) -> torch.Tensor:  # noqa: ANN001
+def peft_logits(base, folder, engine: ModelEngine) -> torch.Tensor:  # noqa: ANN001
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
@@ -84,7 +84,7 @@ def test_unmerged_and_merged_adapters_match_peft_and_the_base_stays_intact(
     assert engine.host.merged is None and not engine.host.adapters
 
 
-def generate(engine: Engine, *jobs: Job) -> list[Job]:
+def generate(engine: ModelEngine, *jobs: Job) -> list[Job]:
     engine.generate(list(jobs))
     return list(jobs)
 

@@ -10,7 +10,7 @@ import pytest
 from transformers import AutoTokenizer
 
 from feedback.structured import token_bytes
-from serve.engine import Engine
+from serve.engine import ModelEngine
 from serve.schemas import ChatRequestError
 from serve.worker import Job
 from tests.serve.support import MESSAGES
@@ -27,8 +27,8 @@ SCHEMA = {
 
 
 @pytest.fixture(scope="module")
-def engine(tiny_base) -> Engine:
-    return Engine(tiny_base)
+def engine(tiny_base) -> ModelEngine:
+    return ModelEngine(tiny_base)
 
 
 class Lease:
@@ -38,12 +38,12 @@ class Lease:
         pass
 
 
-def run(engine: Engine, *jobs: Job) -> list[Job]:
+def run(engine: ModelEngine, *jobs: Job) -> list[Job]:
     engine.generate(list(jobs))
     return list(jobs)
 
 
-def job(engine: Engine, schema: dict | None, **kw) -> Job:  # noqa: ANN003
+def job(engine: ModelEngine, schema: dict | None, **kw) -> Job:  # noqa: ANN003
     kw = {"max_tokens": 40, "temperature": 0, **kw}
     return Job(
         prompt=engine.encode_chat(MESSAGES), lease=Lease(), grammar=engine.grammar(schema), **kw
