@@ -15,9 +15,11 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, Column, DateTime, Index, Text, UniqueConstraint, text
+from sqlalchemy import JSON, Column, Index, Text, UniqueConstraint, text
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlmodel import Field, SQLModel
+
+from feedback.types import UTCDateTime
 
 JSONType = JSON().with_variant(JSONB(), "postgresql")
 
@@ -39,7 +41,7 @@ def _json_dict() -> Any:
 
 
 def _ts(**kwargs: Any) -> Any:
-    return Field(default_factory=utcnow, sa_type=DateTime(timezone=True), **kwargs)
+    return Field(default_factory=utcnow, sa_type=UTCDateTime, **kwargs)
 
 
 class Completion(SQLModel, table=True):
@@ -99,7 +101,7 @@ class ApiKey(SQLModel, table=True):
         default_factory=list, sa_column=Column(JSONType, nullable=False)
     )
     created_at: datetime = _ts()
-    revoked_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
+    revoked_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
 
 
 class IdempotencyRecord(SQLModel, table=True):
@@ -153,13 +155,11 @@ class RetrainRun(SQLModel, table=True):
 
     id: str = Field(default_factory=new_id, primary_key=True, max_length=32)
     started_at: datetime = _ts(index=True)
-    finished_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
+    finished_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     trigger: str = Field(default="manual", max_length=16)  # manual | schedule
     # The cron tick a scheduled run belongs to: unique, so two schedulers
     # firing for the same tick run one cycle between them.
-    scheduled_for: datetime | None = Field(
-        default=None, sa_type=DateTime(timezone=True), unique=True
-    )
+    scheduled_for: datetime | None = Field(default=None, sa_type=UTCDateTime, unique=True)
     status: str = Field(default="running", max_length=16)
     dataset_id: str | None = Field(default=None, max_length=32)
     adapter_version: str | None = Field(default=None, max_length=64)
@@ -198,7 +198,7 @@ class AdapterVersion(SQLModel, table=True):
         default_factory=dict, sa_column=Column(JSONType, nullable=False)
     )
     gate: dict[str, Any] = _json_dict()
-    promoted_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
+    promoted_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
 
 
 class PromotionEvent(SQLModel, table=True):
@@ -219,7 +219,7 @@ class Lease(SQLModel, table=True):
 
     name: str = Field(primary_key=True, max_length=64)
     holder: str = Field(max_length=200)
-    expires_at: datetime = Field(sa_type=DateTime(timezone=True))
+    expires_at: datetime = Field(sa_type=UTCDateTime)
 
 
 class ServingReplica(SQLModel, table=True):

@@ -8,8 +8,9 @@ connection: a pooled one on PostgreSQL, this process's writer connection on
 SQLite (:class:`SQLiteWriter`). Everything else uses the ORM.
 
 The statements use ``?`` placeholders; they are rewritten once for psycopg.
-On SQLite, timestamps are stored exactly as SQLAlchemy stores them (naive UTC
-text), so ORM reads of these rows see what the ORM itself would have written.
+Timestamps pass through the models' own column type (:class:`UTCDateTime`)
+both ways, so these rows hold exactly what the ORM would have written, and
+what the raw driver returns is read as the ORM would read it.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ import os
 import threading
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext, suppress
-from datetime import UTC, datetime
 from typing import Any
 from weakref import WeakKeyDictionary
 
@@ -29,6 +29,7 @@ from sqlalchemy.orm import Session
 from feedback.db import begin_write
 from feedback.exceptions import NotFoundError
 from feedback.models import new_id, utcnow
+from feedback.types import UTCDateTime
 
 log = logging.getLogger(__name__)
 
@@ -66,13 +67,23 @@ KEY_COMPLETE = (
 )
 
 
+_STAMP = UTCDateTime()
+
+
 class RawTx:
-    """One open write transaction on a DB-API connection."""
+    """One open write transaction on a DB-API connection.
+
+    ``timestamp`` turns a datetime into the driver value the ORM would bind;
+    ``read_timestamp`` turns a driver value back into an aware UTC datetime.
+    """
 
     def __init__(self, dbapi_conn: Any, dialect: Any) -> None:
         self.conn, self.dialect = dbapi_conn, dialect
         self.sqlite = dialect.name == "sqlite"
         self.integrity_error = dialect.loaded_dbapi.IntegrityError
+        stamp = _STAMP.dialect_impl(dialect)
+        self.timestamp = stamp.bind_processor(dialect)
+        self.read_timestamp = stamp.result_processor(dialect, None)
 
     def one(self, sql: str, params: tuple) -> tuple | None:
         cursor = self.conn.cursor()
@@ -81,17 +92,6 @@ class RawTx:
             return cursor.fetchone() if cursor.description else None
         finally:
             cursor.close()
-
-    def timestamp(self, value: datetime) -> Any:
-        # SQLAlchemy's SQLite DateTime format: naive UTC, microseconds, space separator.
-        if not self.sqlite:
-            return value
-        return value.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
-
-    @staticmethod
-    def read_timestamp(value: Any) -> datetime:
-        value = datetime.fromisoformat(value) if isinstance(value, str) else value
-        return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
 class SQLiteWriter:

@@ -8,7 +8,7 @@ Text is otherwise kept verbatim: no stripping, no escaping.
 from __future__ import annotations
 
 import math
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
@@ -48,12 +48,6 @@ def _text(max_length: int) -> Any:
     ]
 
 
-def _utc(value: datetime) -> datetime:
-    # SQLite hands back naive datetimes; everything Tuneback stores is UTC.
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
-
-
-Timestamp = Annotated[datetime, AfterValidator(_utc)]
 Text = _text(MAX_TEXT)
 ShortText = _text(200)
 UserRef = _text(256)
@@ -116,8 +110,8 @@ class FeedbackOut(BaseModel):
     comment: str | None
     source: str
     user: str | None
-    created_at: Timestamp
-    updated_at: Timestamp
+    created_at: datetime
+    updated_at: datetime
     replaced: bool = False
 
 
@@ -128,12 +122,12 @@ class CorrectionOut(BaseModel):
     author: str
     note: str | None
     status: str
-    created_at: Timestamp
+    created_at: datetime
 
 
 class CompletionOut(BaseModel):
     id: str
-    created_at: Timestamp
+    created_at: datetime
     messages: list[dict[str, Any]]
     response: str
     model: str
@@ -148,7 +142,7 @@ class CompletionDetail(CompletionOut):
 
 class QueueItem(CompletionOut):
     down_votes: int
-    last_down_at: Timestamp
+    last_down_at: datetime
 
 
 class QueuePage(BaseModel):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from datetime import UTC, datetime
 
 from flask import Response, current_app
 
@@ -39,11 +38,6 @@ def completion_out(c: Completion) -> dict:
     ).model_dump(mode="json")
 
 
-def iso(value: datetime) -> str:
-    """UTC timestamps as ISO 8601 (SQLite hands back naive ones; all are UTC)."""
-    return (value if value.tzinfo else value.replace(tzinfo=UTC)).isoformat()
-
-
 def feedback_out(f: Feedback | dict, replaced: bool = False) -> dict:
     # Built by hand rather than through FeedbackOut: this is on the vote path.
     f = f if isinstance(f, dict) else f.model_dump()
@@ -55,8 +49,8 @@ def feedback_out(f: Feedback | dict, replaced: bool = False) -> dict:
         "comment": f["comment"],
         "source": f["source"],
         "user": f["user_ref"],
-        "created_at": iso(f["created_at"]),
-        "updated_at": iso(f["updated_at"]),
+        "created_at": f["created_at"].isoformat(),
+        "updated_at": f["updated_at"].isoformat(),
         "replaced": replaced,
     }
 
