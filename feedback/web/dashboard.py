@@ -17,8 +17,8 @@ from feedback.web.pages import current_user, page_blueprint, render, sign_in_req
 bp = page_blueprint("dashboard", __name__)
 log = logging.getLogger(__name__)
 NOT_WIRED = (
-    "This process runs the feedback API without the trainer: use `tuneback up`, "
-    "`tuneback serve` or `tuneback api`, or the `tuneback retrain` command."
+    "This process runs the feedback API without the trainer: use the dashboard of "
+    "`tuneback up` or `tuneback serve`, or the `tuneback retrain` command."
 )
 
 
