@@ -90,7 +90,7 @@ DEMO_MAX_TOKENS = 160
 def wire_admin_actions(app, settings: Settings) -> None:  # noqa: ANN001
     """Give the dashboard "Retrain now" (promote and roll back need no wiring: the
     dashboard calls the adapter registry itself)."""
-    from feedback.web import hooks
+    from feedback.web.hooks import hooks
 
     hooks(app).retrain_now = RetrainNow(settings, app.extensions["tuneback"].engine)
 
@@ -138,7 +138,7 @@ def wire_demo_page(app, settings: Settings) -> None:  # noqa: ANN001
     The page answers through the served model in-process, so it needs no server key;
     that is only acceptable where nobody but this machine's users can reach it.
     """
-    from feedback.web import hooks
+    from feedback.web.hooks import hooks
 
     if settings.host not in LOOPBACK:
         log.info("demo chat page off: %s is not a loopback address", settings.host)
