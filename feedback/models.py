@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal, get_args
 
 from sqlalchemy import JSON, Column, Index, Text, UniqueConstraint, text
 from sqlalchemy.dialects.postgresql import JSONB
@@ -24,7 +24,8 @@ from feedback.types import UTCDateTime
 JSONType = JSON().with_variant(JSONB(), "postgresql")
 
 ROLES = ("widget", "agent", "server", "admin")
-RATINGS = ("up", "down")
+Rating = Literal["up", "down"]  # the API's vote values (feedback.schemas.FeedbackIn)
+RATINGS: tuple[str, ...] = get_args(Rating)
 CORRECTION_STATUSES = ("active", "superseded", "rejected")
 
 
@@ -194,9 +195,7 @@ class AdapterVersion(SQLModel, table=True):
     dataset_id: str | None = Field(default=None, foreign_key="dataset_snapshot.id", max_length=32)
     run_id: str | None = Field(default=None, max_length=32)
     config: dict[str, Any] = _json_dict()
-    metrics: dict[str, Any] = Field(
-        default_factory=dict, sa_column=Column(JSONType, nullable=False)
-    )
+    metrics: dict[str, Any] = _json_dict()
     gate: dict[str, Any] = _json_dict()
     promoted_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
 

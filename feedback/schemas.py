@@ -13,6 +13,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 
+from feedback.models import Rating
+
 # The hard ceiling on any single text field; the body limit (64 KiB by default)
 # usually bites first. ``Settings.max_text_chars`` can lower it per deployment.
 MAX_TEXT = 60_000
@@ -73,7 +75,7 @@ class CompletionIn(Input):
 
 class FeedbackIn(Input):
     completion_id: _text(32)
-    rating: Literal["up", "down"]
+    rating: Rating
     reason: ShortText | None = None
     comment: Text | None = None
     user: UserRef | None = None
