@@ -8,6 +8,7 @@ OpenAI's status codes (400 for a bad request, 404 for an unknown model).
 
 from __future__ import annotations
 
+import json
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -17,6 +18,22 @@ from feedback.schemas import MAX_TEXT, ShortText, Text, UserRef
 
 MAX_MESSAGES = 500
 MAX_STOPS = 4
+# OpenAI arguments that clients send by default. Their neutral values change nothing
+# here and are accepted (then dropped); any other value changes the answer in a way
+# this server does not support, and is refused by name.
+NEUTRAL_ARGUMENTS: dict[str, tuple[Any, ...]] = {
+    "logprobs": (False,),
+    "top_logprobs": (0,),
+    "presence_penalty": (0,),
+    "frequency_penalty": (0,),
+    "logit_bias": ({},),
+    "tools": ([],),
+    "tool_choice": ("none", "auto"),
+    "parallel_tool_calls": (True, False),
+    "modalities": (["text"],),
+    "service_tier": ("auto", "default"),
+    "store": (True, False),
+}
 
 
 class ChatRequestError(TunebackError, ValueError):
@@ -68,10 +85,19 @@ class TextPart(_Strict):
 
 class ChatMessage(_Strict):
     role: Literal["system", "developer", "user", "assistant"]
-    content: Text | list[TextPart]
+    content: Text | list[TextPart] | None = None  # None only for an assistant: see _check
     name: ShortText | None = None
 
+    @model_validator(mode="after")
+    def _check(self) -> ChatMessage:
+        # OpenAI clients send an assistant turn without text as ``content: null``.
+        if self.content is None and self.role != "assistant":
+            raise ValueError("content: is required (null only for an assistant message)")
+        return self
+
     def text(self) -> str:
+        if self.content is None:
+            return ""
         if isinstance(self.content, str):
             return self.content
         return "".join(part.text for part in self.content)
@@ -173,10 +199,38 @@ def parse_chat_request(body: Any) -> ChatRequest:
     """Validate a decoded JSON body; raise :class:`ChatRequestError` with every problem."""
     if not isinstance(body, dict):
         raise ChatRequestError("the body must be a JSON object")
+    body = _without_neutral_arguments(body)
     try:
         return ChatRequest.model_validate(body)
     except ValidationError as error:
         raise ChatRequestError(describe(error)) from None
+
+
+def _without_neutral_arguments(body: dict[str, Any]) -> dict[str, Any]:
+    """``body`` less the :data:`NEUTRAL_ARGUMENTS` that hold a neutral value (or null);
+    a :class:`ChatRequestError` naming the first one that does not."""
+    kept = dict(body)
+    for name, neutral in NEUTRAL_ARGUMENTS.items():
+        if name not in kept:
+            continue
+        value = kept.pop(name)
+        if value is not None and not any(_same(value, n) for n in neutral):
+            allowed = " or ".join(json.dumps(n) for n in neutral)
+            raise ChatRequestError(
+                f"{name}: {json.dumps(value)[:80]} is not supported by this server "
+                f"(only {allowed}, or leave it out)"
+            )
+    return kept
+
+
+def _same(value: Any, neutral: Any) -> bool:
+    """Equal and of the same kind: ``false`` is not ``0``, but ``0.0`` is ``0``."""
+    number = (int, float)
+    if isinstance(neutral, bool) or isinstance(value, bool):
+        return type(value) is type(neutral) and value == neutral
+    if isinstance(neutral, number):
+        return isinstance(value, number) and value == neutral
+    return type(value) is type(neutral) and value == neutral
 
 
 def describe(error: ValidationError) -> str:
@@ -189,7 +243,8 @@ def describe(error: ValidationError) -> str:
         elif problem["type"] == "missing":
             parts.append(f"{where}: is required")
         else:
-            parts.append(f"{where}: {problem['msg']}" if where else problem["msg"])
+            message = problem["msg"].removeprefix("Value error, ")  # pydantic's wording
+            parts.append(f"{where}: {message}" if where else message)
     return "; ".join(dict.fromkeys(parts)) or "the request is not valid"
 
 
