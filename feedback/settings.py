@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -149,6 +149,13 @@ class Settings(BaseSettings):
         description="Most extra share of canary messages on which a suspect trigger token may "
         "make the candidate emit its payload, compared with the reference model.",
     )
+    job_timeout_minutes: float = Field(
+        0,
+        ge=0,
+        description="Longest a cycle's training, evaluation or canary probe child process may "
+        "run before it is killed (0: no limit). A stopped training fails the cycle; a stopped "
+        "evaluation or probe rejects the candidate.",
+    )
 
     # --- serving ------------------------------------------------------------------
     serve_model_name: str | None = Field(
@@ -214,6 +221,12 @@ class Settings(BaseSettings):
     upstream_api_key: str | None = Field(
         None, description="API key sent to `TUNEBACK_UPSTREAM_URL`."
     )
+    upstream_models: str | None = Field(
+        None,
+        description="Capture-proxy mode: the upstream model names clients may ask for, "
+        "comma-separated (required with `TUNEBACK_UPSTREAM_URL`); any other `model` is a 404, "
+        "never forwarded.",
+    )
 
     # --- deployment: serving replicas and rollouts ---------------------------------------
     replica_id: str | None = Field(
@@ -261,6 +274,21 @@ class Settings(BaseSettings):
         if value is not None and not value.strip():
             return None
         return value
+
+    @model_validator(mode="after")
+    def _proxy_needs_models(self) -> Settings:
+        if self.upstream_url and not self.upstream_model_names:
+            raise ValueError(
+                "TUNEBACK_UPSTREAM_URL needs TUNEBACK_UPSTREAM_MODELS: the upstream model "
+                "names clients may use, comma-separated"
+            )
+        return self
+
+    @property
+    def upstream_model_names(self) -> tuple[str, ...]:
+        """``upstream_models`` as a tuple of names (empty when unset)."""
+        names = (self.upstream_models or "").split(",")
+        return tuple(name.strip() for name in names if name.strip())
 
     @property
     def resolved_database_url(self) -> str:

@@ -7,6 +7,11 @@ with its ``id`` replaced by the logged completion's, so thumbs and corrections
 work for a model Tuneback does not host. Streams are passed through chunk by
 chunk; the final chunk is held back until the completion is logged.
 
+Only the models ``TUNEBACK_UPSTREAM_MODELS`` names are forwarded (any other
+``model`` is a 404 here), and every request carries a token cap no larger than
+``TUNEBACK_SERVE_MAX_TOKENS``, as the local engine applies: a client cannot spend
+the operator's upstream budget on another model or on a million-token answer.
+
 Upstream failures keep their status where it means something to the caller
 (400, 404, 429 with Retry-After...), become 502 when our own upstream key is
 refused or the upstream cannot be reached, and 504 when it times out.
@@ -24,7 +29,7 @@ import openai
 
 from feedback.settings import Settings
 from serve.responses import SSE_DONE, Call, log_completion, sse, sse_error
-from serve.schemas import ChatRequest, OverloadedError, UpstreamError
+from serve.schemas import ChatRequest, ModelNotFoundError, OverloadedError, UpstreamError
 
 log = logging.getLogger(__name__)
 # Ours, not the upstream's: stored with the completion, never forwarded.
@@ -49,14 +54,18 @@ class ProxyBackend:
         self.client.close()
 
     def models(self) -> list[dict[str, Any]]:
-        return [model.to_dict() for model in _upstream(lambda: list(self.client.models.list()))]
+        """The upstream's models that clients may use here."""
+        allowed = self.settings.upstream_model_names
+        listed = _upstream(lambda: list(self.client.models.list()))
+        return [model.to_dict() for model in listed if model.id in allowed]
 
     def status(self) -> dict[str, Any]:
         return {"mode": "proxy", "upstream": self.settings.upstream_url, "limit": self.limit}
 
     def complete(self, request: ChatRequest, call: Call) -> dict[str, Any]:
+        args = self._args(request)
         with self._slot():
-            response = _upstream(lambda: self.client.chat.completions.create(**_args(request)))
+            response = _upstream(lambda: self.client.chat.completions.create(**args))
             choice = response.choices[0] if response.choices else None
             text = (choice.message.content or "") if choice else ""
             self._log(request, call, text, response, choice.finish_reason if choice else None)
@@ -66,9 +75,9 @@ class ProxyBackend:
 
     def start_stream(self, request: ChatRequest, call: Call) -> Iterator[bytes]:
         """Open the upstream stream now, so its refusal is still a plain HTTP error."""
+        args = self._args(request)
         self._acquire()
         try:
-            args = _args(request)
             stream = _upstream(lambda: self.client.chat.completions.create(**args))
         except BaseException:
             self._in_flight.release()
@@ -76,6 +85,23 @@ class ProxyBackend:
         return self._events(request, call, stream)
 
     # --- internals ----------------------------------------------------------------
+
+    def _args(self, request: ChatRequest) -> dict[str, Any]:
+        """What is sent upstream: the allowed model, the capped token budget."""
+        allowed = self.settings.upstream_model_names
+        if request.model not in allowed:
+            raise ModelNotFoundError(
+                f"model {request.model!r} is not served here; use one of: {', '.join(allowed)}"
+            )
+        args = request.model_dump(exclude=LOCAL_FIELDS, exclude_none=True, by_alias=True)
+        if not args.get("stream"):
+            args.pop("stream", None)
+        args["messages"] = request.plain_messages()
+        cap = self.settings.serve_max_tokens
+        name = "max_completion_tokens" if request.max_completion_tokens else "max_tokens"
+        args.pop("max_tokens", None)
+        args[name] = min(request.requested_tokens or cap, cap)
+        return args
 
     @contextmanager
     def _slot(self) -> Iterator[None]:
@@ -118,7 +144,7 @@ class ProxyBackend:
             self._in_flight.release()
 
     def _log(self, request: ChatRequest, call: Call, text: str, response: Any, finish: Any) -> None:
-        usage = getattr(response, "usage", None)
+        usage, cap = getattr(response, "usage", None), self.settings.serve_max_tokens
         metadata: dict[str, Any] = {
             "source": "tuneback-proxy",
             "upstream_id": response.id,
@@ -126,16 +152,9 @@ class ProxyBackend:
             "finish_reason": finish,
             "usage": usage.to_dict() if usage is not None else None,
             "sampling": request.model_dump(
-                include={
-                    "temperature",
-                    "top_p",
-                    "max_tokens",
-                    "max_completion_tokens",
-                    "seed",
-                    "stop",
-                },
-                exclude_none=True,
-            ),  # fmt: skip
+                include={"temperature", "top_p", "seed", "stop"}, exclude_none=True
+            )
+            | {"max_tokens": min(request.requested_tokens or cap, cap)},
         }
         log_completion(
             call,
@@ -147,14 +166,6 @@ class ProxyBackend:
             adapter_version=None,
             metadata=metadata,
         )
-
-
-def _args(request: ChatRequest) -> dict[str, Any]:
-    args = request.model_dump(exclude=LOCAL_FIELDS, exclude_none=True, by_alias=True)
-    if not args.get("stream"):
-        args.pop("stream", None)
-    args["messages"] = request.plain_messages()
-    return args
 
 
 def _upstream(call: Callable[[], Any]) -> Any:

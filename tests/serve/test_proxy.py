@@ -20,7 +20,11 @@ def upstream(module_servers):
 @pytest.fixture(scope="module")
 def proxy(module_servers, upstream):
     return module_servers(
-        upstream_url=f"{upstream.url}/v1", upstream_api_key=upstream.keys["server"]
+        upstream_url=f"{upstream.url}/v1",
+        upstream_api_key=upstream.keys["server"],
+        # gpt-9 is allowed here but unknown upstream: its 404 is the upstream's.
+        upstream_models=f"default,gpt-9,{upstream.backend.model_name}",
+        serve_max_tokens=24,
     )
 
 
@@ -93,13 +97,43 @@ def test_upstream_errors_keep_their_meaning(proxy, start_server, upstream):
     assert caught.value.body["code"] == "model_not_found"
     with pytest.raises(openai.BadRequestError):  # refused by the proxy itself
         proxy.client().chat.completions.create(model="default", messages=[])
-    wrong_key = start_server(upstream_url=f"{upstream.url}/v1", upstream_api_key="tb_bad_key")
+    wrong_key = start_server(
+        upstream_url=f"{upstream.url}/v1", upstream_api_key="tb_bad_key", upstream_models="default"
+    )
     with pytest.raises(openai.InternalServerError) as caught:
         wrong_key.client().chat.completions.create(model="default", messages=MESSAGES)
     assert caught.value.status_code == 502
     assert caught.value.body["code"] == "upstream_auth_failed"
-    nowhere = start_server(upstream_url=f"http://127.0.0.1:{free_port()}/v1")
+    nowhere = start_server(
+        upstream_url=f"http://127.0.0.1:{free_port()}/v1", upstream_models="default"
+    )
     with pytest.raises(openai.InternalServerError) as caught:
         nowhere.client().chat.completions.create(model="default", messages=MESSAGES, stream=True)
     assert caught.value.status_code == 502
     assert caught.value.body["code"] == "upstream_unavailable"
+
+
+def test_only_allowed_models_are_forwarded_and_answers_are_capped(proxy, upstream):
+    """Review finding 12: the proxy forwarded any `model` and `max_tokens: 1000000` unchanged."""
+    with pytest.raises(openai.NotFoundError) as caught:
+        proxy.client().chat.completions.create(model="gpt-4o", messages=MESSAGES)
+    assert caught.value.body["code"] == "model_not_found"
+    assert "default" in caught.value.body["message"]
+    answer = proxy.client().chat.completions.create(
+        model="default", messages=MESSAGES, max_tokens=1_000_000
+    )
+    logged = detail(proxy, answer.id)
+    assert logged["metadata"]["sampling"]["max_tokens"] == 24
+    # What the upstream was asked for: its own cap is 512, so 24 came from the proxy.
+    upstream_side = detail(upstream, logged["metadata"]["upstream_id"])["metadata"]
+    assert upstream_side["sampling"]["max_tokens"] == 24
+    assert answer.usage.completion_tokens <= 24
+
+
+def test_the_proxy_needs_its_allow_list():
+    from pydantic import ValidationError
+
+    from feedback.settings import Settings
+
+    with pytest.raises(ValidationError, match="TUNEBACK_UPSTREAM_MODELS"):
+        Settings(upstream_url="http://127.0.0.1:9/v1")
