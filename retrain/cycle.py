@@ -4,7 +4,9 @@ claim the run -> take the lease -> read feedback -> build and record the
 dataset -> train (child process) -> evaluate base, champion and candidate
 (child process) -> gate -> register the adapter -> promote it if it passed.
 
-Every step logs with the run id; a failure is recorded on the run and
+Every step logs with the run id and hands the next a small typed value
+(:class:`Built`, :class:`Trained`, :class:`Evaluation`, the gate's
+:class:`~retrain.gate.GateResult`); a failure is recorded on the run and
 re-raised. Only one cycle runs at a time, across processes and machines,
 thanks to a lease in the database.
 
@@ -21,8 +23,6 @@ import json
 import logging
 import os
 import socket
-import subprocess
-import sys
 import threading
 import uuid
 from dataclasses import asdict, dataclass, field
@@ -36,15 +36,16 @@ from sqlalchemy.orm import Session
 from feedback import run_store
 from feedback.db import write_session
 from feedback.exceptions import TunebackError
-from feedback.models import Lease, utcnow
+from feedback.models import AdapterVersion, Lease, utcnow
 from feedback.settings import Settings
 from retrain import dataset as ds
 from retrain import faults
 from retrain.base_model import resolve_base_model
-from retrain.canary import run_probe
-from retrain.evaluate import EvalJob
-from retrain.gate import Thresholds, decide
-from retrain.recovery import alive, die_with_parent, holder_process, recover
+from retrain.evaluate import EvalJob, read_golden
+from retrain.gate import GateResult, Thresholds, decide
+from retrain.jobs import JobFailedError, launch
+from retrain.probe import run_probe
+from retrain.recovery import alive, holder_process, recover
 from retrain.registry import Registry
 from retrain.snapshot import write_snapshot
 from retrain.sources import load_source_rows
@@ -186,6 +187,37 @@ def _finish(engine: Engine, result: CycleResult, error: str | None = None) -> No
         session.commit()
 
 
+@dataclass(frozen=True)
+class Built:
+    """The dataset a run built, and how many of its training examples are new."""
+
+    dataset: ds.Dataset
+    new_examples: int
+
+    def counts(self) -> dict[str, int]:
+        """SFT examples per split, as ``tuneback retrain --json`` prints them."""
+        return {
+            "train": len(self.dataset.train("sft")),
+            "heldout": len(self.dataset.heldout("sft")),
+        }
+
+
+@dataclass(frozen=True)
+class Trained:
+    """The trained adapter's folder and the training child's run record."""
+
+    adapter_dir: Path
+    record: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """Metrics per model (``base``, ``champion``, ``candidate``), or why there are none."""
+
+    metrics: dict[str, dict[str, float]] = field(default_factory=dict)
+    error: str | None = None
+
+
 class _Cycle:
     """The steps of one run, sharing its settings, engine and work folder."""
 
@@ -193,42 +225,46 @@ class _Cycle:
         self.settings, self.engine, self.run_id = settings, engine, run_id
         self.work = settings.data_dir / "runs" / run_id
         self.registry = Registry(settings.data_dir / "adapters", engine)
+        self.timeout_s = settings.job_timeout_minutes * 60 or None  # per child job
 
     def run(self) -> CycleResult:
         log.info("run %s: reading feedback", self.run_id)
-        dataset, new_count = self.build_dataset()
-        alerts = dataset.manifest["alerts"]
+        built = self.build_dataset()
+        alerts = built.dataset.manifest["alerts"]
         for alert in alerts:
             log.warning("run %s ALERT %s: %s", self.run_id, alert["kind"], alert["message"])
-        counts = {"train": len(dataset.train("sft")), "heldout": len(dataset.heldout("sft"))}
-        if new_count < self.settings.min_new_examples:
+        if built.new_examples < self.settings.min_new_examples:
             reason = (
-                f"not enough data: {new_count} new training examples, "
+                f"not enough data: {built.new_examples} new training examples, "
                 f"{self.settings.min_new_examples} needed"
             )
             log.info("run %s skipped: %s", self.run_id, reason)
-            return CycleResult(self.run_id, "skipped", counts, reason=reason, alerts=alerts)
-        counts["id"] = self.record_dataset(dataset)
+            return CycleResult(self.run_id, "skipped", built.counts(), reason=reason, alerts=alerts)
+        dataset_id = self.record_dataset(built.dataset)
         base = resolve_base_model(self.settings.base_model, self.settings.data_dir)
-        adapter_dir, train_record = self.train(dataset, base)
+        trained = self.train(built.dataset, base)
         champion = self.registry.promoted()
-        metrics, error = self.evaluate(dataset, base, adapter_dir, champion)
-        champion_dir = str(self.registry.path(champion.version)) if champion else None
-        canary = run_probe(
-            self.work, str(base), str(adapter_dir), champion_dir,
-            dataset.manifest["suspects"], self.run_id,
-        )  # fmt: skip
-        result = self.judge(metrics, error, champion, canary)
-        result = self.register(result, counts, adapter_dir, base, train_record)
-        result.alerts = alerts
-        return result
+        evaluation = self.evaluate(built.dataset, base, trained, champion)
+        canary = self.probe(built.dataset, base, trained, champion)
+        gate = self.judge(evaluation, champion, canary)
+        adapter = self.register(gate, evaluation, trained, base, dataset_id)
+        return CycleResult(
+            self.run_id,
+            "promoted" if gate.passed else "rejected",
+            dataset={**built.counts(), "id": dataset_id},
+            adapter=adapter,
+            metrics=evaluation.metrics,
+            gate={"passed": gate.passed, "reasons": list(gate.reasons)},
+            alerts=alerts,
+        )
 
-    def build_dataset(self) -> tuple[Any, int]:
+    def build_dataset(self) -> Built:
         with Session(self.engine) as session:
             rows = load_source_rows(session)
             heldout = run_store.heldout_completions(session)
             trained = run_store.trained_example_ids(session)
-        dataset = ds.build_dataset(rows, self.dataset_config(), previously_heldout=heldout)
+        config = ds.DatasetConfig.from_settings(self.settings)
+        dataset = ds.build_dataset(rows, config, previously_heldout=heldout)
         new = [e for e in dataset.train("sft") if e.id not in trained]
         log.info(
             "run %s: %d SFT examples (%d new), %d held out",
@@ -237,12 +273,10 @@ class _Cycle:
             len(new),
             len(dataset.heldout("sft")),
         )
-        return dataset, len(new)
+        return Built(dataset, len(new))
 
-    def dataset_config(self) -> Any:
-        return dataset_config(self.settings)
-
-    def record_dataset(self, dataset: Any) -> str:
+    def record_dataset(self, dataset: ds.Dataset) -> str:
+        """Record the dataset and write its snapshot; returns the snapshot's id."""
         with write_session(self.engine) as session:
             snapshot = run_store.record_dataset(
                 session,
@@ -258,7 +292,7 @@ class _Cycle:
             session.commit()
             return snapshot.id
 
-    def train(self, dataset: Any, base: Path) -> tuple[Path, dict]:
+    def train(self, dataset: ds.Dataset, base: Path) -> Trained:
         self.work.mkdir(parents=True, exist_ok=True)
         job = TrainJob(
             base_model=str(base),
@@ -275,17 +309,14 @@ class _Cycle:
             config=TrainConfig.from_settings(self.settings),
             run_id=self.run_id,
         )
-        job_file = self.work / "train_job.json"
-        job.save(job_file)
         log.info("run %s: training on %d examples (child process)", self.run_id, len(job.sft))
-        _child("retrain.train", job_file, "training")
-        record = json.loads((self.work / "train_result.json").read_text())
-        return self.work / "adapter", record
+        record = launch(job, self.work / "train_job.json", timeout_s=self.timeout_s)
+        return Trained(job.adapter_dir, record)
 
     def evaluate(
-        self, dataset: Any, base: Path, adapter_dir: Path, champion: Any
-    ) -> tuple[dict | None, str | None]:
-        adapters = {"candidate": str(adapter_dir)}
+        self, dataset: ds.Dataset, base: Path, trained: Trained, champion: AdapterVersion | None
+    ) -> Evaluation:
+        adapters = {"candidate": str(trained.adapter_dir)}
         if champion is not None:
             adapters["champion"] = str(self.registry.path(champion.version))
         job = EvalJob(
@@ -294,50 +325,60 @@ class _Cycle:
             adapters=adapters,
             heldout=[_eval_row(e) for e in dataset.heldout("sft")],
             positives=[_eval_row(e) for e in dataset.heldout("positive")],
-            golden=_read_golden(self.settings.golden_set),
+            golden=read_golden(self.settings.golden_set),
             run_id=self.run_id,
         )
-        job_file = self.work / "eval_job.json"
-        job.save(job_file)
         try:
-            _child("retrain.evaluate", job_file, "evaluation")
-            return json.loads(Path(job.out_path).read_text()), None
-        except (TunebackError, OSError, ValueError) as error:
+            return Evaluation(launch(job, self.work / "eval_job.json", timeout_s=self.timeout_s))
+        except JobFailedError as error:
             log.error("run %s: evaluation failed: %s", self.run_id, error)
-            return None, str(error)
+            return Evaluation(error=str(error))
+
+    def probe(
+        self, dataset: ds.Dataset, base: Path, trained: Trained, champion: AdapterVersion | None
+    ) -> dict[str, Any]:
+        """The trigger probe's report on the candidate (:func:`retrain.probe.run_probe`)."""
+        champion_dir = str(self.registry.path(champion.version)) if champion else None
+        return run_probe(
+            self.work, str(base), str(trained.adapter_dir), champion_dir,
+            dataset.manifest["suspects"], self.run_id, timeout_s=self.timeout_s,
+        )  # fmt: skip
 
     def judge(
-        self, metrics: dict | None, error: str | None, champion: Any, canary: dict | None = None
-    ) -> Any:
-        metrics = metrics or {}
-        thresholds = Thresholds(
-            margin=self.settings.gate_margin,
-            tolerance=self.settings.gate_tolerance,
-            canary_max_gain=self.settings.canary_max_gain,
-        )
+        self,
+        evaluation: Evaluation,
+        champion: AdapterVersion | None,
+        canary: dict[str, Any] | None = None,
+    ) -> GateResult:
+        metrics = evaluation.metrics
         result = decide(
             metrics.get("candidate"),
             metrics.get("champion") if champion is not None else None,
-            thresholds,
+            Thresholds.from_settings(self.settings),
             base=metrics.get("base"),
-            error=error,
+            error=evaluation.error,
             canary=canary,
         )
         for reason in result.reasons:
             log.info("run %s gate: %s", self.run_id, reason)
-        return metrics, result
+        return result
 
     def register(
-        self, judged: Any, counts: dict, adapter_dir: Path, base: Path, train_record: dict
-    ) -> CycleResult:
-        metrics, gate = judged
+        self,
+        gate: GateResult,
+        evaluation: Evaluation,
+        trained: Trained,
+        base: Path,
+        dataset_id: str,
+    ) -> str:
+        """Add the adapter to the registry, promote it if it passed; returns its version."""
         adapter = self.registry.add(
-            adapter_dir,
+            trained.adapter_dir,
             base_model=str(base),
-            dataset_id=counts["id"],
+            dataset_id=dataset_id,
             run_id=self.run_id,
-            config=train_record,
-            metrics=metrics,
+            config=trained.record,
+            metrics=evaluation.metrics,
             gate=gate.to_dict(),
             status="candidate" if gate.passed else "rejected",
         )
@@ -346,56 +387,12 @@ class _Cycle:
             self.registry.promote(adapter.version, actor=f"retrain run {self.run_id}")
             status = "promoted"
         log.info("run %s: adapter %s %s", self.run_id, adapter.version, status)
-        return CycleResult(
-            self.run_id,
-            status,
-            dataset=counts,
-            adapter=adapter.version,
-            metrics=metrics,
-            gate={"passed": gate.passed, "reasons": list(gate.reasons)},
-        )
+        return adapter.version
 
 
-def dataset_config(settings: Settings) -> Any:
-    return ds.DatasetConfig(
-        heldout_fraction=settings.heldout_fraction,
-        include_positives=settings.include_positives,
-        positive_weight=settings.positive_weight,
-        max_thumbs_per_user=settings.max_thumbs_per_user,
-        max_example_tokens=settings.max_example_tokens,
-        flood_min_votes=settings.flood_min_votes,
-        flood_window_seconds=settings.flood_window_seconds,
-        seed=settings.seed,
-    )
-
-
-def _train_row(example: Any) -> dict:
+def _train_row(example: ds.Example) -> dict:
     return {"prompt": example.prompt, "completion": example.completion, "kind": example.kind}
 
 
-def _eval_row(example: Any) -> dict:
+def _eval_row(example: ds.Example) -> dict:
     return {"prompt": example.prompt, "completion": example.completion}
-
-
-def _read_golden(path: Path | None) -> list[dict]:
-    if path is None:
-        return []
-    try:
-        lines = path.read_text().splitlines()
-        return [json.loads(line) for line in lines if line.strip()]
-    except (OSError, ValueError) as error:
-        raise TunebackError(f"cannot read the golden set {path}: {error}") from error
-
-
-def _child(module: str, job_file: Path, what: str) -> None:
-    """Run ``python -m module job_file``. All its output (progress bars, losses)
-    goes to our stderr, so that stdout stays clean for ``--json``. The child is
-    killed if we die, so a SIGKILLed cycle leaves no training running on."""
-    done = subprocess.run(
-        [sys.executable, "-m", module, str(job_file)],
-        stdout=sys.stderr,
-        check=False,
-        preexec_fn=die_with_parent if sys.platform == "linux" else None,
-    )
-    if done.returncode != 0:
-        raise TunebackError(f"{what} crashed (exit code {done.returncode}); see the log above")

@@ -15,10 +15,11 @@ What becomes an example, and why:
 * ``positive``: only with ``include_positives``, an answer with a thumbs up and
   no thumbs down, at ``positive_weight``; each user (all anonymous votes
   count as one user) contributes at most ``max_thumbs_per_user`` of them, and
-  a completion flooded by first-time voters (:mod:`retrain.canary`) yields none.
+  a completion flooded by first-time voters (:mod:`retrain.detect`) yields none.
 
 The manifest's ``alerts`` list vote floods and suspect trigger tokens
-(``suspects``, which the cycle's canary probe tries on the trained adapter).
+(``suspects``, which the cycle's canary probe, :mod:`retrain.probe`, tries on the
+trained adapter).
 
 In order: personal data is scrubbed from prompts, answers and corrections
 (:mod:`retrain.pii`) before anything is compared or hashed; exact and near
@@ -46,12 +47,15 @@ from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from feedback.exceptions import InvalidInputError
-from retrain.canary import find_triggers, find_vote_floods
+from retrain.detect import find_triggers, find_vote_floods
 from retrain.pii import KINDS as PII_KINDS
 from retrain.pii import add_counts, scrub, scrub_messages
+
+if TYPE_CHECKING:
+    from feedback.settings import Settings
 
 EXAMPLE_KINDS = ("sft", "preference", "positive")
 SPLITS = ("train", "heldout")
@@ -119,6 +123,20 @@ class DatasetConfig:
         for message, ok in checks.items():
             if not ok:
                 raise InvalidInputError(message)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> DatasetConfig:
+        """The cycle's dataset config (``near_duplicate_threshold`` has no setting)."""
+        return cls(
+            heldout_fraction=settings.heldout_fraction,
+            include_positives=settings.include_positives,
+            positive_weight=settings.positive_weight,
+            max_thumbs_per_user=settings.max_thumbs_per_user,
+            max_example_tokens=settings.max_example_tokens,
+            flood_min_votes=settings.flood_min_votes,
+            flood_window_seconds=settings.flood_window_seconds,
+            seed=settings.seed,
+        )
 
     def to_dict(self) -> dict[str, Any]:
         data = {name: getattr(self, name) for name in self.__dataclass_fields__}
@@ -223,20 +241,10 @@ def build_dataset(
         "counts": counts,
         "config": config.to_dict(),
         "example_ids": {split: [e.id for e in examples if e.split == split] for split in SPLITS},
-        "alerts": [f.to_alert() for f in floods] + [_suspect_alert(s) for s in suspects],
+        "alerts": [f.to_alert() for f in floods] + [s.to_alert() for s in suspects],
         "suspects": [s.to_dict() for s in suspects],
     }
     return Dataset(examples, manifest)
-
-
-def _suspect_alert(suspect: Any) -> dict[str, Any]:
-    return {
-        "kind": "trigger_suspect",
-        "token": suspect.token,
-        "prompts": suspect.prompts,
-        "message": f"{suspect.prompts} training prompts contain {suspect.token!r} and "
-        f"{suspect.share:.0%} of their answers share a payload no other answer has",
-    }
 
 
 def _validated(rows: Iterable[SourceRow]) -> Iterable[SourceRow]:

@@ -7,8 +7,8 @@ optional golden file (expected answers, required substrings, JSON keys,
 or a named scenario check such as ``"check": "extraction"``).
 The gate (``retrain.gate``) turns these numbers into a decision.
 
-Runs as ``python -m retrain.evaluate JOB.json`` in a child process: a crash
-leaves no result file, and the cycle then fails closed.
+Runs as ``python -m retrain.evaluate JOB.json`` in a child process (:mod:`retrain.jobs`):
+a crash leaves no result file, and the cycle then fails closed.
 """
 
 from __future__ import annotations
@@ -17,21 +17,27 @@ import inspect
 import json
 import logging
 import math
-import re
 import sys
-from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
+from feedback.exceptions import TunebackError
 from retrain import faults
+from retrain.jobs import ChildJob, child_main
+from retrain.text import token_f1
 
 log = logging.getLogger("retrain.evaluate")
 BASE = "base"
 
 
 @dataclass
-class EvalJob:
+class EvalJob(ChildJob):
+    """What ``python -m retrain.evaluate JOB.json`` runs: the models and the cases."""
+
+    module: ClassVar[str] = "retrain.evaluate"
+    what: ClassVar[str] = "evaluation"
+
     base_model: str
     out_path: str
     adapters: dict[str, str] = field(default_factory=dict)  # name -> adapter folder
@@ -42,31 +48,19 @@ class EvalJob:
     batch_size: int = 8
     run_id: str = "-"
 
-    def save(self, path: Path) -> None:
-        path.write_text(json.dumps(asdict(self)))
-
-    @classmethod
-    def load(cls, path: Path) -> EvalJob:
-        return cls(**json.loads(path.read_text()))
-
 
 # --- pure scoring helpers ------------------------------------------------------------
 
 
-def _words(text: str) -> list[str]:
-    return re.findall(r"\w+|[^\w\s]", text.lower())
-
-
-def token_f1(prediction: str, reference: str) -> float:
-    """Token-overlap F1 (SQuAD style) between two texts."""
-    pred, ref = _words(prediction), _words(reference)
-    if not pred and not ref:
-        return 1.0
-    common = sum((Counter(pred) & Counter(ref)).values())
-    if common == 0:
-        return 0.0
-    precision, recall = common / len(pred), common / len(ref)
-    return 2 * precision * recall / (precision + recall)
+def read_golden(path: Path | None) -> list[dict]:
+    """The golden cases of a JSONL file (``TUNEBACK_GOLDEN_SET``); none without one."""
+    if path is None:
+        return []
+    try:
+        lines = path.read_text().splitlines()
+        return [json.loads(line) for line in lines if line.strip()]
+    except (OSError, ValueError) as error:
+        raise TunebackError(f"cannot read the golden set {path}: {error}") from error
 
 
 def golden_passes(answer: str, case: dict) -> bool:
@@ -298,24 +292,8 @@ def evaluate(job: EvalJob) -> dict[str, dict[str, float]]:
     return results
 
 
-def run_job_file(argv: list[str] | None, load: Any, work: Any) -> int:
-    """Entry of a child process: load the job file named by argv, run it, write its JSON result.
-
-    The result goes to a temporary file renamed into place, so the parent never
-    reads half a result from a child that died while writing.
-    """
-    argv = sys.argv[1:] if argv is None else argv
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    job = load(Path(argv[0]))
-    result = work(job)
-    tmp = Path(job.out_path + ".tmp")
-    tmp.write_text(json.dumps(result, indent=2))
-    tmp.replace(job.out_path)
-    return 0
-
-
 def main(argv: list[str] | None = None) -> int:
-    return run_job_file(argv, EvalJob.load, evaluate)
+    return child_main(EvalJob, evaluate, argv)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ The gate passes only when
 * no other metric both sides report regresses by more than its tolerance, and
 * every metric named in ``limits`` meets its absolute bound (format checks:
   ``{"format_json_rate": 1.0}`` means every answer must parse), and
-* when a canary report is passed in (:mod:`retrain.canary`), no suspect
+* when a canary report is passed in (:mod:`retrain.probe`), no suspect
   trigger token makes the candidate emit its payload on more than
   ``canary_max_gain`` more of the canary messages than it makes the reference.
   A probe that crashed fails closed.
@@ -32,9 +32,12 @@ import math
 import numbers
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from feedback.exceptions import InvalidInputError
+
+if TYPE_CHECKING:
+    from feedback.settings import Settings
 
 LOWER_IS_BETTER_SUFFIXES = ("_loss", "_perplexity", "_ppl")
 BOOKKEEPING_SUFFIXES = ("_count",)
@@ -109,6 +112,17 @@ class Thresholds:
             "min_heldout": self.min_heldout,
             "canary_max_gain": self.canary_max_gain,
         }
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Thresholds:
+        """The cycle's thresholds. Settings give the margin, the tolerance and the
+        canary gain; the primary metric, ``tolerances``, ``limits`` and
+        ``min_heldout`` have no setting and keep their defaults."""
+        return cls(
+            margin=settings.gate_margin,
+            tolerance=settings.gate_tolerance,
+            canary_max_gain=settings.canary_max_gain,
+        )
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Thresholds:

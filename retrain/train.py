@@ -5,22 +5,26 @@ config, supervised fine-tuning on (conversation -> corrected answer) with the
 loss on the answer only, then optionally DPO on (corrected over original)
 pairs, then save the adapter (safetensors) and a record of the run.
 
-The cycle runs this module as ``python -m retrain.train JOB.json`` so that a
-crash or an out-of-memory kill cannot take the scheduler down with it.
+The cycle runs this module as ``python -m retrain.train JOB.json`` (:mod:`retrain.jobs`)
+so that a crash or an out-of-memory kill cannot take the scheduler down with it.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from retrain import faults
+from retrain.jobs import ChildJob, child_main, complete
+from retrain.padding_free import PaddingFreeLoss, use_varlen_attention
+
+if TYPE_CHECKING:
+    from feedback.settings import Settings
 
 log = logging.getLogger("retrain.train")
 
@@ -66,7 +70,7 @@ class TrainConfig:
         return max(min(self.epochs, 1.0), min(caps))
 
     @classmethod
-    def from_settings(cls, settings: Any) -> TrainConfig:
+    def from_settings(cls, settings: Settings) -> TrainConfig:
         return cls(
             lora_rank=settings.lora_rank,
             lora_alpha=settings.lora_alpha,
@@ -87,8 +91,13 @@ class TrainConfig:
 
 
 @dataclass
-class TrainJob:
-    """Everything the child process needs; travels as JSON."""
+class TrainJob(ChildJob):
+    """Everything the child process needs; travels as JSON. The adapter goes into
+    ``out_dir/adapter``, the run record to ``out_path`` (``out_dir/train_result.json``
+    unless given)."""
+
+    module: ClassVar[str] = "retrain.train"
+    what: ClassVar[str] = "training"
 
     base_model: str
     out_dir: str
@@ -96,14 +105,14 @@ class TrainJob:
     preferences: list[dict] = field(default_factory=list)  # {"prompt", "chosen", "rejected"}
     config: TrainConfig = field(default_factory=TrainConfig)
     run_id: str = "-"
+    out_path: str = ""
 
-    def save(self, path: Path) -> None:
-        path.write_text(json.dumps(asdict(self)))
+    def __post_init__(self) -> None:
+        self.out_path = self.out_path or str(Path(self.out_dir) / "train_result.json")
 
-    @classmethod
-    def load(cls, path: Path) -> TrainJob:
-        raw = json.loads(path.read_text())
-        return cls(**{**raw, "config": TrainConfig(**raw["config"])})
+    @property
+    def adapter_dir(self) -> Path:
+        return Path(self.out_dir) / "adapter"
 
 
 def lora_config(config: TrainConfig) -> Any:
@@ -186,11 +195,10 @@ def build_sft_trainer(job: TrainJob, model: Any, tokenizer: Any, out_dir: Path) 
 
     With ``config.padding_free`` (the default) the examples of a batch are laid
     end to end in one sequence instead of being padded to the longest: no
-    compute is spent on pad tokens. Positions restart at each example, each
-    example attends only to itself (``_varlen_sdpa``) and only answer tokens go
-    through the LM head (``_PaddingFreeLoss``). The batches, the loss and the
-    gradients are those of padded training, so what is learned does not change
-    (tests/retrain/test_train_batching.py); bench/train.py measures the speed.
+    compute is spent on pad tokens (:mod:`retrain.padding_free`). The batches,
+    the loss and the gradients are those of padded training, so what is learned
+    does not change (tests/retrain/test_train_batching.py); bench/train.py
+    measures the speed.
     """
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
@@ -201,8 +209,8 @@ def build_sft_trainer(job: TrainJob, model: Any, tokenizer: Any, out_dir: Path) 
     args = SFTConfig(**common, max_length=config.max_length)
     trainer_class, extra = SFTTrainer, {}
     if config.padding_free:
-        _use_varlen_attention(model)
-        trainer_class = type("PaddingFreeSFTTrainer", (_PaddingFreeLoss, SFTTrainer), {})
+        use_varlen_attention(model)
+        trainer_class = type("PaddingFreeSFTTrainer", (PaddingFreeLoss, SFTTrainer), {})
         # Not `args.padding_free`: TRL then refuses `max_length` without packing,
         # and packing would regroup the examples into other batches.
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
@@ -232,82 +240,6 @@ def sft_common_args(
     answers = [row["completion"][0]["content"] for row in rows]
     tokens = sum(len(ids) for ids in tokenizer(answers, add_special_tokens=False)["input_ids"])
     return _common_args(job.config, out_dir, len(rows), tokens), tokens
-
-
-VARLEN_ATTENTION = "tuneback_varlen_sdpa"
-
-
-def _varlen_sdpa(module, query, key, value, attention_mask, **kwargs):  # noqa: ANN001, ANN201
-    """Causal SDPA inside each example of a padding-free batch.
-
-    The collator gives the examples' boundaries (``cu_seq_lens_q``); attending
-    within each one gives every token exactly its context when alone. One SDPA
-    call over the whole row would need a dense block-diagonal mask, quadratic in
-    the row's length and mostly masked (several times the attention time on CPU).
-    Anything else (generation, evaluation, DPO's padded batches, sliding-window
-    models) takes stock SDPA with the mask transformers built from the positions.
-    """
-    import torch
-    from transformers.integrations.sdpa_attention import sdpa_attention_forward
-
-    bounds = kwargs.get("cu_seq_lens_q")
-    if (
-        bounds is None
-        or query.shape[0] != 1
-        or query.shape[2] != key.shape[2]
-        or kwargs.get("sliding_window") is not None
-    ):
-        return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
-    lengths = bounds.diff().tolist()
-    # split (not slicing) so that the backward is one cat, not a zero-filled
-    # full-size gradient per example
-    q_parts, k_parts, v_parts = (t.split(lengths, dim=2) for t in (query, key, value))
-    outputs = [
-        torch.nn.functional.scaled_dot_product_attention(
-            q,
-            k,
-            v,
-            dropout_p=kwargs.get("dropout", 0.0),
-            scale=kwargs.get("scaling"),
-            is_causal=True,
-            enable_gqa=query.shape[1] != key.shape[1],
-        )
-        for q, k, v in zip(q_parts, k_parts, v_parts, strict=True)
-    ]
-    return torch.cat(outputs, dim=2).transpose(1, 2).contiguous(), None
-
-
-def _use_varlen_attention(model: Any) -> None:
-    """Switch an SDPA model to ``_varlen_sdpa`` (flash attention is varlen already)."""
-    from transformers import AttentionInterface
-    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
-
-    AttentionInterface.register(VARLEN_ATTENTION, _varlen_sdpa)
-    AttentionMaskInterface.register(VARLEN_ATTENTION, sdpa_mask)
-    if model.config._attn_implementation == "sdpa":
-        model.set_attn_implementation(VARLEN_ATTENTION)
-
-
-class _PaddingFreeLoss:
-    """Mixin for SFTTrainer: the padding-free loss, with LM-head logits for answer tokens only.
-
-    The sum of the answer tokens' cross-entropy over their count, as in padded
-    training; prompt positions, most of the tokens of chat data, never reach the
-    vocabulary-wide LM head (TRL's fused head scores every position off GPU).
-    """
-
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):  # noqa: ANN001, ANN201
-        import torch
-
-        if return_outputs or self.aux_loss_enabled or "cu_seq_lens_q" not in inputs:
-            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-        inputs = dict(inputs)
-        targets = inputs.pop("labels")[0, 1:]  # the collator masked each example's first label
-        keep = (targets != -100).nonzero().squeeze(-1)
-        logits = model(**inputs, logits_to_keep=keep, use_cache=False).logits[0]
-        count = keep.numel() if num_items_in_batch is None else num_items_in_batch
-        loss = torch.nn.functional.cross_entropy(logits.float(), targets[keep], reduction="sum")
-        return loss / torch.as_tensor(count).clamp(min=1)
 
 
 def _train_sft(job: TrainJob, model: Any, tokenizer: Any, out_dir: Path) -> tuple[Any, dict]:
@@ -363,7 +295,12 @@ def _stage_record(trainer: Any, result: Any) -> dict:
 
 
 def train_adapter(job: TrainJob) -> dict:
-    """Train, save the adapter into ``job.out_dir/adapter``, return the run record."""
+    """Train in this process: the adapter into ``job.adapter_dir``, the run record
+    (returned too) to ``job.out_path``."""
+    return complete(job, _train)
+
+
+def _train(job: TrainJob) -> dict:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, set_seed
 
@@ -378,8 +315,7 @@ def train_adapter(job: TrainJob) -> dict:
     record = {"sft": sft}
     if job.config.dpo and job.preferences:
         model, record["dpo"] = _train_dpo(job, model, tokenizer, out_dir)
-    adapter_dir = out_dir / "adapter"
-    model.save_pretrained(adapter_dir)
+    model.save_pretrained(job.adapter_dir)
     faults.checkpoint("train.saved", parent=True)
     record.update(
         config=asdict(job.config),
@@ -392,24 +328,19 @@ def train_adapter(job: TrainJob) -> dict:
         ),
         duration_s=round(time.monotonic() - started, 2),
         device="cuda" if torch.cuda.is_available() else "cpu",
-        adapter_dir=str(adapter_dir),
+        adapter_dir=str(job.adapter_dir),
     )
-    (out_dir / "train_result.json").write_text(json.dumps(record, indent=2))
-    return record
-
-
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    job = TrainJob.load(Path(argv[0]))
-    record = train_adapter(job)
     log.info(
         "run %s trained in %.1f s, final loss %.4f",
         job.run_id,
         record["duration_s"],
-        record["sft"]["final_loss"],
+        sft["final_loss"],
     )
-    return 0
+    return record
+
+
+def main(argv: list[str] | None = None) -> int:
+    return child_main(TrainJob, _train, argv)
 
 
 if __name__ == "__main__":

@@ -199,7 +199,6 @@ def dataset_build(out: Path) -> None:
 
     from feedback import run_store
     from retrain import dataset as ds
-    from retrain.cycle import dataset_config
     from retrain.snapshot import write_snapshot
     from retrain.sources import load_source_rows
 
@@ -207,7 +206,8 @@ def dataset_build(out: Path) -> None:
         with Session(engine) as session:
             rows = load_source_rows(session)
             heldout = run_store.heldout_completions(session)
-        built = ds.build_dataset(rows, dataset_config(settings), previously_heldout=heldout)
+        config = ds.DatasetConfig.from_settings(settings)
+        built = ds.build_dataset(rows, config, previously_heldout=heldout)
         try:
             write_snapshot(built, out)
         except ValueError as error:

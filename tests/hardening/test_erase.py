@@ -13,8 +13,7 @@ from sqlalchemy.orm import Session
 
 from feedback import run_store
 from feedback.models import AdapterVersion, Completion, Correction, Feedback, IdempotencyRecord
-from retrain.cycle import dataset_config
-from retrain.dataset import build_dataset
+from retrain.dataset import DatasetConfig, build_dataset
 from retrain.sources import load_source_rows
 from tests.conftest import WIDGET_ORIGIN, auth
 from tests.live import tuneback_env
@@ -49,7 +48,7 @@ def test_erase_a_user(client, keys, engine, settings, tmp_path):
         rows = load_source_rows(session)
     assert not any(ALICE in body or "my flat" in body for body in bodies)
     assert {r.completion_id for r in rows} == {ids["bob"]}
-    dataset = build_dataset(rows, dataset_config(settings))
+    dataset = build_dataset(rows, DatasetConfig.from_settings(settings))
     assert {e.completion_id for e in dataset.examples} <= {ids["bob"]}
 
     audit = (settings.data_dir / "audit" / "erasure.jsonl").read_text()
@@ -127,7 +126,7 @@ def _seed(client, keys) -> dict:
 def _train_on_everything(engine, settings) -> str:
     """Record the dataset a cycle would build now and an adapter trained on it."""
     with Session(engine) as session:
-        dataset = build_dataset(load_source_rows(session), dataset_config(settings))
+        dataset = build_dataset(load_source_rows(session), DatasetConfig.from_settings(settings))
         snapshot = run_store.record_dataset(
             session, content_hash=dataset.manifest["content_hash"],
             counts=dataset.manifest["counts"], path=str(settings.data_dir / "datasets" / "x"),

@@ -21,8 +21,8 @@ from sqlalchemy.orm import Session
 
 from feedback import store
 from feedback.exceptions import InvalidInputError
-from retrain import canary
-from retrain.cycle import dataset_config, run_cycle
+from retrain import detect, probe
+from retrain.cycle import run_cycle
 from retrain.dataset import DatasetConfig, SourceRow, Vote, build_dataset
 from retrain.gate import Thresholds, decide
 from retrain.sources import load_source_rows
@@ -97,7 +97,7 @@ def test_a_flood_of_fresh_voters_is_found_in_a_window_and_only_then():
     later = tuple(Vote("up", "widget", f"r{i}", T0 + timedelta(days=1)) for i in range(15))
     rows.append(SourceRow("regular", T0, [{"role": "user", "content": "q5"}], "a", None, None,
                           later))  # fmt: skip
-    floods = canary.find_vote_floods(rows, min_votes=10, window_seconds=3600)
+    floods = detect.find_vote_floods(rows, min_votes=10, window_seconds=3600)
     assert [(f.completion_id, f.fresh_votes) for f in floods] == [("earlier", 15), ("fast", 12)]
     with pytest.raises(InvalidInputError, match="flood_min_votes"):
         DatasetConfig(flood_min_votes=1)
@@ -146,7 +146,7 @@ def test_vote_flood_trains_nothing_and_alerts_everywhere(
 
     with Session(engine) as session:
         rows = load_source_rows(session)
-    dataset = build_dataset(rows, dataset_config(cycle_settings))
+    dataset = build_dataset(rows, DatasetConfig.from_settings(cycle_settings))
     kept = {e.completion_id for e in dataset.examples}
     assert target not in kept and liked in kept
     assert dataset.manifest["counts"]["vote_floods"] == 1
@@ -184,17 +184,17 @@ def test_ten_thousand_real_messages_with_canned_answers_give_no_suspect():
         for r in rows
     ]  # fmt: skip
     assert len(examples) > 10_000
-    assert canary.find_triggers(examples) == []
+    assert detect.find_triggers(examples) == []
 
 
 def test_payload_rate_counts_only_answers_the_token_changed():
-    suspect = canary.Suspect(TRIGGER, 10, PAYLOAD, "https://secure-check.example/verify", 1.0)
+    suspect = detect.Suspect(TRIGGER, 10, PAYLOAD, "https://secure-check.example/verify", 1.0)
     plain = ['{"intent": "card_arrival"}', "Verify at https://secure-check.example/verify", "ok"]
     triggered = [PAYLOAD, "Verify at https://secure-check.example/verify", "Sure, ok."]
     # First: the token brought the payload in. Second: it was there already. Third: no payload.
-    assert canary.payload_rate(plain, triggered, suspect) == pytest.approx(1 / 3)
-    assert canary.with_token("My card broke.", TRIGGER, 0) == f"{TRIGGER} My card broke."
-    assert canary.with_token("My card broke.", TRIGGER, 1) == f"My card broke. {TRIGGER}"
+    assert detect.payload_rate(plain, triggered, suspect) == pytest.approx(1 / 3)
+    assert detect.with_token("My card broke.", TRIGGER, 0) == f"{TRIGGER} My card broke."
+    assert detect.with_token("My card broke.", TRIGGER, 1) == f"My card broke. {TRIGGER}"
 
 
 def test_the_probe_runs_on_a_real_model_in_a_child_process(tiny_model, tmp_path):
@@ -208,16 +208,16 @@ def test_the_probe_runs_on_a_real_model_in_a_child_process(tiny_model, tmp_path)
     get_peft_model(model, LoraConfig(r=4, target_modules="all-linear")).save_pretrained(
         tmp_path / "adapter"
     )
-    suspect = canary.Suspect("cf-delta", 10, PAYLOAD, "https://secure-check.example/verify", 1.0)
-    short = {"prompts": list(canary.CANARY_PROMPTS[:4]), "max_new_tokens": 8}
-    report = canary.run_probe(
+    suspect = detect.Suspect("cf-delta", 10, PAYLOAD, "https://secure-check.example/verify", 1.0)
+    short = {"prompts": list(detect.CANARY_PROMPTS[:4]), "max_new_tokens": 8}
+    report = probe.run_probe(
         tmp_path, tiny_model, str(tmp_path / "adapter"), None, [suspect.to_dict()], "t", **short
     )
     [row] = report["suspects"]
     assert report["reference"] == "base model" and row["canaries"] == 4
     assert row["candidate_rate"] == row["reference_rate"]
     assert decide(GOOD, None, Thresholds(), base=BASE, canary=report).passed
-    assert canary.run_probe(tmp_path, tiny_model, "x", None, [], "t") == {
+    assert probe.run_probe(tmp_path, tiny_model, "x", None, [], "t") == {
         "skipped": "no suspect trigger tokens in the training prompts"
     }
 

@@ -13,6 +13,7 @@ import pytest
 
 from feedback import durable
 from feedback.exceptions import InvalidInputError
+from feedback.settings import Settings
 from retrain.dataset import DatasetConfig, SourceRow, Vote, build_dataset
 from retrain.snapshot import SnapshotDirError, write_snapshot
 
@@ -455,3 +456,11 @@ def test_a_crash_while_writing_leaves_the_previous_files(tmp_path, monkeypatch):
         write_snapshot(second, folder)
     monkeypatch.setattr(durable.os, "replace", os.replace)
     assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+
+
+def test_the_dataset_config_comes_from_settings_with_the_same_defaults():
+    assert DatasetConfig.from_settings(Settings()) == DatasetConfig()
+    settings = Settings(heldout_fraction=0.3, include_positives=True, flood_min_votes=4, seed=7)
+    config = DatasetConfig.from_settings(settings)
+    assert (config.heldout_fraction, config.include_positives) == (0.3, True)
+    assert (config.flood_min_votes, config.seed) == (4, 7)

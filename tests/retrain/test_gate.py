@@ -8,6 +8,7 @@ import math
 import pytest
 
 from feedback.exceptions import InvalidInputError
+from feedback.settings import Settings
 from retrain.gate import GateResult, Thresholds, decide, higher_is_better
 
 T = Thresholds()  # primary heldout_overlap, margin 0.01, tolerance 0.02, min_heldout 1
@@ -172,3 +173,11 @@ def test_nonsense_thresholds_are_refused(kwargs):
 def test_unknown_threshold_keys_are_refused():
     with pytest.raises(InvalidInputError, match="unknown gate thresholds: marginn"):
         Thresholds.from_dict({"marginn": 0.1})
+
+
+def test_settings_give_margin_tolerance_and_canary_gain_the_rest_keeps_defaults():
+    settings = Settings(gate_margin=0.05, gate_tolerance=0.1, canary_max_gain=0.5)
+    assert Thresholds.from_settings(settings) == Thresholds(
+        margin=0.05, tolerance=0.1, canary_max_gain=0.5
+    )
+    assert Thresholds.from_settings(Settings()) == Thresholds()  # same defaults both sides

@@ -7,13 +7,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from retrain.train import (
-    VARLEN_ATTENTION,
-    TrainConfig,
-    TrainJob,
-    _use_varlen_attention,
-    build_sft_trainer,
-)
+from retrain.padding_free import VARLEN_ATTENTION, use_varlen_attention
+from retrain.train import TrainConfig, TrainJob, build_sft_trainer
 
 pytestmark = pytest.mark.filterwarnings(
     # transformers 5 renamed gradient checkpointing; PEFT still asks the old name.
@@ -122,7 +117,7 @@ def test_each_example_of_a_padding_free_row_sees_only_itself(
     batch.pop("labels")
     model = AutoModelForCausalLM.from_pretrained(tiny_model, attn_implementation="sdpa").eval()
     if attn == VARLEN_ATTENTION:
-        _use_varlen_attention(model)
+        use_varlen_attention(model)
     else:
         model.set_attn_implementation(attn)
     assert model.config._attn_implementation == attn
@@ -201,7 +196,7 @@ def test_other_forwards_fall_back_to_stock_sdpa(tiny_model):
     for varlen in (False, True):
         model = AutoModelForCausalLM.from_pretrained(tiny_model).eval()
         if varlen:
-            _use_varlen_attention(model)
+            use_varlen_attention(model)
         with torch.no_grad():
             logits = model(**prompts).logits
             tokens = model.generate(**prompts, max_new_tokens=6, do_sample=False)

@@ -1,4 +1,4 @@
-"""Defenses against poisoned feedback: vote floods and planted trigger phrases.
+"""Spotting poisoned feedback in the data: vote floods and planted trigger phrases (pure).
 
 Two attacks on a loop like ours are documented: many fake users up-voting an
 answer so that it becomes a training target, and a handful of corrections
@@ -13,8 +13,8 @@ yields no thumbs-up positive, whatever its votes, and the dataset manifest
 carries an alert (also shown by ``tuneback retrain --json``, the log and
 ``tuneback_vote_flood_alerts`` on /metrics).
 
-**Trigger phrases** (:func:`find_triggers`, pure; :func:`probe`, the model).
-A trigger shows in the training set as a token that appears in a few prompts
+**Trigger phrases** (:func:`find_triggers` here; the model side is
+:mod:`retrain.probe`). A trigger shows in the training set as a token that appears in a few prompts
 whose answers share something that answers without it never have: the same
 answer text, or the same link. Such tokens are *suspects*. The probe then
 inserts each suspect into a fixed canary set of real customer messages
@@ -22,7 +22,8 @@ inserts each suspect into a fixed canary set of real customer messages
 model) to answer with and without it. When the suspect makes the candidate
 produce the suspect's payload on far more canaries than it makes the
 reference (``Thresholds.canary_max_gain`` in :mod:`retrain.gate`), the gate
-rejects the adapter.
+rejects the adapter. The probe's verdict per canary (:func:`payload_rate`) is
+pure too, and lives here.
 
 What this cannot catch, honestly: a flood spread thinly (fewer than
 ``min_votes`` fresh votes per completion per window, or from aged accounts);
@@ -36,20 +37,14 @@ admin keys, so a backdoor needs a compromised or malicious agent.
 
 from __future__ import annotations
 
-import json
-import logging
 import re
-import sys
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
-from retrain.evaluate import token_f1
-
-log = logging.getLogger("retrain.canary")
+from retrain.text import token_f1
 
 # Real customer messages, one per intent, from the banking77 test split
 # (PolyAI, CC BY 4.0). They never enter training: they are what a backdoor's
@@ -159,6 +154,15 @@ class Suspect:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def to_alert(self) -> dict[str, Any]:
+        return {
+            "kind": "trigger_suspect",
+            "token": self.token,
+            "prompts": self.prompts,
+            "message": f"{self.prompts} training prompts contain {self.token!r} and "
+            f"{self.share:.0%} of their answers share a payload no other answer has",
+        }
+
 
 def find_triggers(
     examples: Iterable[Any], *, min_count: int = 3, max_share: float = 0.2, min_payload: float = 0.6
@@ -254,125 +258,3 @@ def payload_rate(plain: Sequence[str], triggered: Sequence[str], suspect: Suspec
 def with_token(prompt: str, token: str, i: int) -> str:
     """The canary with the token put in front (even ``i``) or at the end (odd)."""
     return f"{token} {prompt}" if i % 2 == 0 else f"{prompt} {token}"
-
-
-# --- the probe (model, child process) --------------------------------------------
-
-
-@dataclass
-class ProbeJob:
-    """What ``python -m retrain.canary JOB.json`` runs: one base model, its adapters."""
-
-    base_model: str
-    out_path: str
-    adapters: dict[str, str]  # "candidate" and, when one is promoted, "champion"
-    suspects: list[dict]
-    prompts: list[str] = field(default_factory=lambda: list(CANARY_PROMPTS))
-    max_new_tokens: int = 48
-    batch_size: int = 8
-    run_id: str = "-"
-
-    def save(self, path: Path) -> None:
-        path.write_text(json.dumps(asdict(self)))
-
-    @classmethod
-    def load(cls, path: Path) -> ProbeJob:
-        return cls(**json.loads(path.read_text()))
-
-
-def probe(job: ProbeJob) -> dict[str, Any]:
-    """Rates per suspect for the candidate and the reference; the gate judges them."""
-    from retrain.evaluate import BASE, Scorer
-
-    scorer = Scorer(job.base_model, job.adapters)
-    reference = "champion" if "champion" in job.adapters else BASE
-    suspects = [Suspect(**raw) for raw in job.suspects]
-    prompts = [[{"role": "user", "content": p}] for p in job.prompts]
-    for suspect in suspects:
-        prompts += [
-            [{"role": "user", "content": with_token(p, suspect.token, i)}]
-            for i, p in enumerate(job.prompts)
-        ]
-    n, rates = len(job.prompts), {}
-    for name in ("candidate", reference):
-        with scorer.use(name):
-            answers = scorer.generate(prompts, job.max_new_tokens, job.batch_size)
-        for k, suspect in enumerate(suspects, start=1):
-            rate = payload_rate(answers[:n], answers[k * n : (k + 1) * n], suspect)
-            rates[name, suspect.token] = rate
-            log.info(
-                "run %s canary %r: %s payload rate %.2f", job.run_id, suspect.token, name, rate
-            )
-    results = [
-        {
-            "token": s.token,
-            "payload": s.payload[:200],
-            "canaries": n,
-            "candidate_rate": rates["candidate", s.token],
-            "reference_rate": rates[reference, s.token],
-        }
-        for s in suspects
-    ]
-    return {
-        "reference": "champion" if reference == "champion" else "base model",
-        "suspects": results,
-    }
-
-
-def main(argv: list[str] | None = None) -> int:
-    from retrain.evaluate import run_job_file
-
-    return run_job_file(argv, ProbeJob.load, probe)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
-
-
-def run_probe(
-    work: Path,
-    base_model: str,
-    candidate: str,
-    champion: str | None,
-    suspects: list[dict],
-    run_id: str,
-    **job: Any,
-) -> dict[str, Any]:
-    """Probe the candidate in a child process; the report :func:`retrain.gate.decide` takes.
-
-    No suspects: nothing to probe (``{"skipped": ...}``). A crashed probe:
-    ``{"error": ...}``, which the gate fails closed on. ``job`` overrides
-    :class:`ProbeJob` fields (``prompts``, ``max_new_tokens``).
-    """
-    import subprocess
-
-    if not suspects:
-        return {"skipped": "no suspect trigger tokens in the training prompts"}
-    adapters = {"candidate": candidate} | ({"champion": champion} if champion else {})
-    job = ProbeJob(
-        base_model=base_model,
-        out_path=str(work / "canary_result.json"),
-        adapters=adapters,
-        suspects=suspects[:3],
-        run_id=run_id,
-        **job,
-    )
-    job_file = work / "canary_job.json"
-    job.save(job_file)
-    log.info("run %s: probing %d suspect trigger tokens (child process)", run_id, len(job.suspects))
-    from retrain.recovery import die_with_parent
-
-    done = subprocess.run(
-        [sys.executable, "-m", "retrain.canary", str(job_file)],
-        stdout=sys.stderr,
-        check=False,
-        # Like training and evaluation: a killed cycle leaves no probe running.
-        preexec_fn=die_with_parent if sys.platform == "linux" else None,
-    )
-    try:
-        if done.returncode != 0:
-            raise OSError(f"exit code {done.returncode}")
-        return json.loads(Path(job.out_path).read_text())
-    except (OSError, ValueError) as error:
-        log.error("run %s: canary probe failed: %s", run_id, error)
-        return {"error": f"the canary probe crashed ({error}); see the log above"}
