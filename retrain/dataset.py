@@ -29,27 +29,22 @@ duplicate group goes to ``train`` or ``heldout`` by a salted hash of its oldest
 prompt, so a group never straddles the split, and a group holding a completion
 held out before stays held out.
 
-Near duplicates share their system messages, and the Jaccard similarity of the
-character 4-grams of their normalised last user turns, and of the rest of the
-conversations, reaches ``near_duplicate_threshold``. A row joins the oldest
-group it is near; candidates come from an exact prefix-filter index, so 10k
-rows need about a hundred thousand comparisons, not fifty million.
+Near duplicates (:mod:`retrain.dedup`) share their system messages, and the
+Jaccard similarity of the character 4-grams of their normalised last user turns,
+and of the rest of the conversations, reaches ``near_duplicate_threshold``.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
-import math
-import re
-import unicodedata
-from collections import Counter, defaultdict
+from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from feedback.exceptions import InvalidInputError
+from retrain.dedup import PromptKey, group_duplicates, last_user, stable_hash
 from retrain.detect import find_triggers, find_vote_floods
 from retrain.pii import KINDS as PII_KINDS
 from retrain.pii import add_counts, scrub, scrub_messages
@@ -61,8 +56,6 @@ EXAMPLE_KINDS = ("sft", "preference", "positive")
 SPLITS = ("train", "heldout")
 FORMAT = "tuneback-dataset/1"
 MESSAGE_OVERHEAD = 4  # tokens a chat template spends on a message's role and markers
-SHINGLE = 4
-_PUNCTUATION = re.compile(r"[^\w\s]|_")
 COUNTS = (
     "rows_in sft preference positive train heldout duplicates_dropped truncated "
     "dropped_too_long thumbs_capped vote_floods"
@@ -189,10 +182,7 @@ class _Row:
     response: str
     correction: str | None
     upvoters: frozenset[str | None]
-    key: str  # hash of the normalised conversation
-    system: str  # hash of the normalised system messages
-    last: frozenset[str]  # shingles of the last user turn
-    context: frozenset[str]  # shingles of the other turns
+    key: PromptKey  # what duplicate detection compares
 
 
 def build_dataset(
@@ -222,7 +212,7 @@ def build_dataset(
         if prepared := _prepare(row, config, pii, flooded):
             usable.append(prepared)
             rows_by_id[row.completion_id] = prepared
-    groups = _group(sorted(usable, key=_age), config.near_duplicate_threshold)
+    groups = group_duplicates(sorted(usable, key=_age), _key, config.near_duplicate_threshold)
     drafts = []
     for group in groups:
         counts["duplicates_dropped"] += len(group) - 1
@@ -237,7 +227,7 @@ def build_dataset(
     suspects = find_triggers(e for e in examples if e.kind != "preference" and e.split == "train")
     manifest = {
         "format": FORMAT,
-        "content_hash": _hash([asdict(e) for e in examples]),
+        "content_hash": stable_hash([asdict(e) for e in examples]),
         "counts": counts,
         "config": config.to_dict(),
         "example_ids": {split: [e.id for e in examples if e.split == split] for split in SPLITS},
@@ -281,30 +271,7 @@ def _prepare(
     response, correction = (
         _scrub(t, pii) if t is not None else None for t in (row.response, correction)
     )
-    last = _last_user(messages)
-    norm = [(m["role"], _normalise(m["content"])) for m in messages]
-    system = [text for role, text in norm if role == "system"]
-    others = [
-        f"{role}: {text}" for i, (role, text) in enumerate(norm) if role != "system" and i != last
-    ]
-    return _Row(
-        source=row,
-        prompt=messages,
-        response=response,
-        correction=correction,
-        upvoters=upvoters,
-        key=_hash(norm),
-        system=_hash(system),
-        last=_shingles(norm[last][1]),
-        context=_shingles(" | ".join(others)),
-    )
-
-
-def _last_user(messages: list[dict]) -> int:
-    """Index of the last user turn (of the last message if there is none)."""
-    return max(
-        (i for i, m in enumerate(messages) if m["role"] == "user"), default=len(messages) - 1
-    )
+    return _Row(row, messages, response, correction, upvoters, PromptKey.of(messages))
 
 
 def _text(message: dict) -> str:
@@ -320,20 +287,8 @@ def _scrub(text: str, pii: dict[str, int]) -> str:
     return result.text
 
 
-def _normalise(text: str) -> str:
-    """Case, punctuation and spacing removed: what makes two prompts the same."""
-    text = unicodedata.normalize("NFKC", text).casefold()
-    return " ".join(_PUNCTUATION.sub(" ", text).split())
-
-
-def _shingles(text: str) -> frozenset[str]:
-    padded = f" {text} "
-    return frozenset(padded[i : i + SHINGLE] for i in range(max(1, len(padded) - SHINGLE + 1)))
-
-
-def _hash(value: Any) -> str:
-    data = json.dumps(value, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(data.encode()).hexdigest()
+def _key(row: _Row) -> PromptKey:
+    return row.key
 
 
 def _age(row: _Row) -> tuple[datetime, str]:
@@ -343,51 +298,6 @@ def _age(row: _Row) -> tuple[datetime, str]:
 def _aware(moment: datetime) -> datetime:
     """Naive datetimes (SQLite returns them) are UTC."""
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
-
-
-def _group(rows: list[_Row], threshold: float) -> list[list[_Row]]:
-    """Exact, then near-duplicate groups, each led by its oldest row (listed first).
-
-    A row joins the oldest leader it is a near duplicate of, else leads a new
-    group. Candidate leaders share a token of the prefix filter: with tokens
-    ordered rarest first, two sets with Jaccard >= t share one of their first
-    ``|x| - ceil(t |x|) + 1`` tokens, so no pair above the threshold is missed.
-    """
-    exact: dict[str, list[_Row]] = {}
-    for row in rows:
-        exact.setdefault(row.key, []).append(row)
-    frequency = Counter(token for members in exact.values() for token in members[0].last)
-    index: dict[tuple[str, str], list[int]] = defaultdict(list)
-    groups: list[list[_Row]] = []
-    for members in exact.values():
-        row = members[0]
-        tokens = sorted(row.last, key=lambda t: (frequency[t], t))
-        prefix = tokens[: len(tokens) - math.ceil(threshold * len(tokens) - 1e-9) + 1]
-        candidates = sorted({g for t in prefix for g in index[(row.system, t)]})
-        leader = next((g for g in candidates if _near(groups[g][0], row, threshold)), None)
-        if leader is not None:
-            groups[leader] += members
-            continue
-        for token in prefix:
-            index[(row.system, token)].append(len(groups))
-        groups.append(list(members))
-    return groups
-
-
-def _near(a: _Row, b: _Row, threshold: float) -> bool:
-    small, large = len(a.last), len(b.last)
-    if small > large:
-        small, large = large, small
-    if small < threshold * large:  # too different in size to reach the threshold
-        return False
-    return _jaccard(a.last, b.last) >= threshold and _jaccard(a.context, b.context) >= threshold
-
-
-def _jaccard(a: frozenset[str], b: frozenset[str]) -> float:
-    if not a and not b:
-        return 1.0
-    common = len(a & b)
-    return common / (len(a) + len(b) - common)
 
 
 def _winner(group: list[_Row]) -> _Row:
@@ -435,7 +345,7 @@ def _fit(drafts: list[Example], config: DatasetConfig, counts: dict[str, Any]) -
 
 
 def _truncate(prompt: list[dict], costs: list[int], budget: int) -> list[dict] | None:
-    last = _last_user(prompt)
+    last = last_user(prompt)
     system = [i for i in range(last) if prompt[i]["role"] == "system"]
     history = [i for i in range(last) if prompt[i]["role"] != "system"]
     total, start = sum(costs), 0
@@ -478,7 +388,7 @@ def _split(
     means held out now. Returns the examples sorted by id."""
     heldout = set()
     for group in groups:
-        digest = hashlib.sha256(f"{config.seed}:{group[0].key}".encode()).digest()
+        digest = hashlib.sha256(f"{config.seed}:{group[0].key.exact}".encode()).digest()
         draw = int.from_bytes(digest[:8]) / 2**64
         if draw < config.heldout_fraction or any(r.source.completion_id in held for r in group):
             heldout.update(r.source.completion_id for r in group)
