@@ -182,7 +182,7 @@ def seed(url: str, keys: dict[str, str], count: int) -> list[str]:
         for i in range(count):
             question = QUESTIONS[i % len(QUESTIONS)] + ("" if i < len(QUESTIONS) else f" #{i}")
             done = _post_patiently(
-                http, f"{url}/v1/completions", keys["server"],
+                http, f"{url}/v1/logged_completions", keys["server"],
                 {"messages": [{"role": "user", "content": question}],
                  "response": "I am not sure.", "model": "tiny"},
             )  # fmt: skip

@@ -268,6 +268,69 @@ class Settings(BaseSettings):
         12, gt=0, description="How long a signed-in agent or admin stays signed in, in hours."
     )
 
+    metrics_key: SecretStr | None = Field(
+        None,
+        description="Bearer token that `/metrics` requires from clients off this machine; "
+        "unset, `/metrics` answers loopback clients only (and admin keys).",
+    )
+
+    # --- serving: structured output (response_format) -------------------------------
+    serve_schema_memory_mb: int = Field(
+        1024,
+        ge=64,
+        description="Memory (address space, MiB) the child process compiling a "
+        "`response_format` schema may use; a schema that needs more is a 400.",
+    )
+    serve_schema_index_mb: int = Field(
+        64,
+        ge=1,
+        description="Largest compiled `response_format` schema (its pickled index, MiB); a "
+        "larger one is a 400. The generic `json_object` schema's is 25 MiB with SmolLM2's "
+        "49k-token vocabulary, and grows with the vocabulary.",
+    )
+    serve_schema_cache_mb: int = Field(
+        256,
+        ge=1,
+        description="Compiled `response_format` schemas kept in memory, in all (MiB, and 32 "
+        "schemas at most); at least `TUNEBACK_SERVE_SCHEMA_INDEX_MB`.",
+    )
+
+    # --- the public widget key: rate limits, sizes, signed votes ------------------------
+    widget_rate_limit: str = Field(
+        "120/minute;20/second",
+        # Flask-Limiter notation, checked here so a typo fails at start, not per request.
+        pattern=r"(?i)^\s*\d+\s*(/|per)\s*(\d+\s*)?(second|minute|hour|day|month|year)s?"
+        r"\s*([;,]\s*\d+\s*(/|per)\s*(\d+\s*)?(second|minute|hour|day|month|year)s?\s*)*$",
+        description="Requests a widget key allows per client address, and per signed user, "
+        "in Flask-Limiter notation: the key is public, so one client's flood must not lock "
+        "a site's other users out. Over it: 429 with Retry-After.",
+    )
+    widget_key_rate_limit: str = Field(
+        "12000/minute;400/second",
+        pattern=r"(?i)^\s*\d+\s*(/|per)\s*(\d+\s*)?(second|minute|hour|day|month|year)s?"
+        r"\s*([;,]\s*\d+\s*(/|per)\s*(\d+\s*)?(second|minute|hour|day|month|year)s?\s*)*$",
+        description="Ceiling on all requests of one widget key together, from every client "
+        "(`TUNEBACK_WIDGET_RATE_LIMIT` applies per client under it).",
+    )
+    widget_comment_chars: int = Field(
+        2000,
+        ge=1,
+        description="Longest comment a widget (public key) vote may carry (else 422); agents' "
+        "votes are held to `TUNEBACK_MAX_TEXT_CHARS`.",
+    )
+    vote_token_hours: float = Field(
+        24,
+        gt=0,
+        description="How long a signed vote token (`POST /v1/vote-tokens`, or the one an "
+        "anonymous widget vote gets back) lets its holder vote as its user.",
+    )
+    idempotency_hours: float = Field(
+        24,
+        gt=0,
+        description="How long an Idempotency-Key's record is kept for replays; older records "
+        "are deleted by later writes, a bounded batch at a time.",
+    )
+
     @field_validator("database_url")
     @classmethod
     def _non_empty_url(cls, value: str | None) -> str | None:

@@ -1,13 +1,21 @@
-"""Chat systems log the completions they served; agents read them back."""
+"""Chat systems log the completions they served; agents read them back.
+
+Logging has its own path, ``POST /v1/logged_completions``. ``POST /v1/completions``
+is OpenAI's legacy text-completions path on the same server as the chat endpoint:
+it still logs a completion body for a deprecation period (with a ``Deprecation``
+header naming the new path), and answers an OpenAI text-completion request
+(``prompt``) with an error that says what to use instead of a 422 about fields.
+"""
 
 from __future__ import annotations
 
 from apiflask import APIBlueprint
-from flask import g
+from flask import Response, g, request
 
 from feedback import rawsql, store
 from feedback.auth import require
 from feedback.context import request_session
+from feedback.exceptions import TunebackError
 from feedback.idempotency import run_write
 from feedback.schemas import CompletionDetail, CompletionIn, Created
 from feedback.views import (
@@ -20,15 +28,54 @@ from feedback.views import (
 )
 
 bp = APIBlueprint("completions", __name__, tag="Completions")
+LOG_PATH, LEGACY_PATH = "/v1/logged_completions", "/v1/completions"
 
 
-@bp.post("/v1/completions")
+class LegacyCompletionError(TunebackError, LookupError):
+    """An OpenAI text-completion request (``prompt``) on the legacy path."""
+
+    code, status = "unsupported_endpoint", 404
+
+
+@bp.before_request
+def _refuse_text_completions() -> None:
+    """OpenAI clients' ``completions.create(prompt=...)`` gets an answer that names what
+    to use, before key checks and body validation (it leaks nothing either way)."""
+    if request.endpoint != "completions.log_completion_deprecated":
+        return
+    body = request.get_json(silent=True)
+    if isinstance(body, dict) and "prompt" in body and "response" not in body:
+        raise LegacyCompletionError(
+            "legacy text completions (prompt) are not served here: ask the model with "
+            f"POST /v1/chat/completions; to log a completion a chat system served, "
+            f"POST {LOG_PATH}"
+        )
+
+
+@bp.post(LOG_PATH)
 @require("server")
 @bp.input(CompletionIn, arg_name="body")
 @bp.output(Created, status_code=201)
 @bp.doc(security="bearer", responses=ERRORS)
 def log_completion(body: CompletionIn):
     """Log a completion served by a chat system, so that it can be rated."""
+    return _log(body)
+
+
+@bp.post(LEGACY_PATH)
+@require("server")
+@bp.input(CompletionIn, arg_name="body")
+@bp.output(Created, status_code=201)
+@bp.doc(security="bearer", responses=ERRORS, deprecated=True)
+def log_completion_deprecated(body: CompletionIn):
+    """Deprecated: the same as ``POST /v1/logged_completions``, which replaces it."""
+    response: Response = _log(body)
+    response.headers["Deprecation"] = "true"
+    response.headers["Link"] = f'<{LOG_PATH}>; rel="successor-version"'
+    return response
+
+
+def _log(body: CompletionIn) -> Response:
     limit_text(body.response)
 
     def action(_tx):

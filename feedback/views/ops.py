@@ -1,12 +1,23 @@
-"""Liveness and metrics for operators. Not rate limited, no key needed."""
+"""Liveness and metrics for operators. Not rate limited.
+
+``/healthz`` needs no key. ``/metrics`` shows vote volume and the poisoning
+alerts, which an attacker could watch to learn whether a flood was noticed: it
+answers clients on this machine (loopback) alone, unless ``TUNEBACK_METRICS_KEY``
+is set, and then any client that sends it as a bearer token (Prometheus'
+``authorization`` / ``bearer_token`` scrape option); an admin key works too.
+"""
 
 from __future__ import annotations
 
+import hmac
+import ipaddress
+
 from apiflask import APIBlueprint
-from flask import current_app
+from flask import current_app, g, request
 from sqlalchemy import text
 
 from feedback.context import request_session
+from feedback.exceptions import AuthenticationError, ForbiddenError
 from feedback.schemas import Health
 
 bp = APIBlueprint("ops", __name__, tag="Operations")
@@ -35,4 +46,30 @@ def healthz():
 )
 def metrics():
     """Prometheus metrics: request counts and latencies, feedback counts."""
-    return current_app.extensions["tuneback"].metrics.render()
+    ext = current_app.extensions["tuneback"]
+    _check_scraper(ext.settings.metrics_key)
+    return ext.metrics.render()
+
+
+def _check_scraper(key) -> None:  # noqa: ANN001 - SecretStr | None
+    caller = g.get("caller")
+    if caller is not None and caller.role == "admin":
+        return
+    if key is None:
+        if not _is_loopback(request.remote_addr):
+            raise ForbiddenError(
+                "metrics are served to clients on this machine only; set "
+                "TUNEBACK_METRICS_KEY to scrape them from elsewhere"
+            )
+        return
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    expected = key.get_secret_value().encode()
+    if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), expected):
+        raise AuthenticationError("metrics need the metrics key: Authorization: Bearer <key>")
+
+
+def _is_loopback(address: str | None) -> bool:
+    try:
+        return ipaddress.ip_address(address or "").is_loopback
+    except ValueError:
+        return False
