@@ -240,3 +240,19 @@ class ServingReplica(SQLModel, table=True):
     refused_reason: str | None = Field(default=None, sa_column=Column(Text))
     started_at: datetime = _ts()
     last_seen: datetime = _ts(index=True)
+
+
+class WebSession(SQLModel, table=True):
+    """A signed-in browser session of the pages (review console, dashboard).
+
+    The signed cookie carries a random token; the row holds its SHA-256 only, so
+    the table alone signs nobody in. Sign-out deletes the row, so a copy of the
+    cookie dies with it; a row older than the session lifetime is dead as well.
+    State lives here, not in a process, so every worker agrees.
+    """
+
+    __tablename__ = "web_session"
+
+    id: str = Field(primary_key=True, max_length=64)  # SHA-256 of the cookie's token
+    key_id: str = Field(foreign_key="api_key.id", ondelete="CASCADE", index=True, max_length=32)
+    created_at: datetime = _ts(index=True)

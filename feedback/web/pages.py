@@ -2,9 +2,10 @@
 
 Page blueprints call :func:`page_blueprint`, which adds the Content-Security-Policy
 and the CSRF check to each of their requests. The session cookie (HttpOnly,
-SameSite=Strict, signed) holds the signed-in key's id and role; each request
-checks that the key still exists and is not revoked, so revoking a key signs
-its sessions out.
+SameSite=Strict, signed) holds a token naming a server-side session row
+(:mod:`feedback.web.sessions`); each request checks that the row still exists,
+is younger than the session lifetime and belongs to an active key, so signing
+out, or revoking the key, ends the session for every copy of the cookie.
 """
 
 from __future__ import annotations
@@ -18,11 +19,11 @@ from typing import Any
 from urllib.parse import urlencode
 
 from apiflask import APIBlueprint
-from flask import Response, g, redirect, render_template, request, session, url_for
+from flask import Response, current_app, g, redirect, render_template, request, session, url_for
 
 from feedback.context import request_session
 from feedback.exceptions import ForbiddenError
-from feedback.models import ApiKey
+from feedback.web import sessions as web_sessions
 
 CSP = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
@@ -40,6 +41,8 @@ CSRF_FIELD = "csrf_token"
 CSRF_HEADER = "X-CSRF-Token"
 # Cross-site requests a browser labels so; "none" is a typed URL or bookmark.
 SAME_SITE = ("same-origin", "none")
+# The cookie's field holding the server-side session's token (feedback.web.sessions).
+SESSION_FIELD = "sid"
 
 
 class CSRFError(ForbiddenError):
@@ -100,17 +103,19 @@ def check_csrf() -> None:
 
 
 def current_user() -> WebUser | None:
-    """The signed-in user, if their key is still active."""
+    """The signed-in user, while their session row lives and their key is active."""
     if "web_user" in g:
         return g.web_user
     user = None
-    key_id = session.get("key_id")
-    if key_id:
-        key = request_session().get(ApiKey, key_id)
-        if key is not None and key.revoked_at is None and key.role == session.get("role"):
+    token = session.get(SESSION_FIELD)
+    if isinstance(token, str):
+        key = web_sessions.signed_in_key(
+            request_session(), token, lifetime=current_app.permanent_session_lifetime
+        )
+        if key is not None:
             user = WebUser(key.id, key.role, key.name or f"key:{key.id}")
         else:
-            session.clear()
+            session.clear()  # signed out (here or elsewhere), expired, or the key revoked
     g.web_user = user
     return user
 
