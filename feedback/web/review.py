@@ -15,6 +15,11 @@ from feedback.web.queries import recent_corrections
 
 bp = page_blueprint("review", __name__)
 PAGE = 20
+# The deepest page offset, as the API's /v1/review-queue allows (feedback.schemas.PageQuery):
+# larger values are clamped, so no query string reaches the database as an integer it
+# cannot hold (that was a 500).
+MAX_OFFSET = 1_000_000
+ID_LENGTH = 32  # a completion id's most characters (feedback.models.Completion.id)
 
 
 def message_text(content: Any) -> str:
@@ -38,7 +43,7 @@ def _message_text_filter(content: Any) -> str:
 @sign_in_required("agent")
 def queue():
     """Thumbs-down answers that nobody has corrected yet, newest vote first."""
-    offset = max(0, request.args.get("offset", 0, type=int) or 0)
+    offset = min(max(request.args.get("offset", 0, type=int) or 0, 0), MAX_OFFSET)
     rows, total = store.review_queue(request_session(), limit=PAGE, offset=offset)
     items = [
         {"completion": c, "down_votes": n, "last_down_at": last,
@@ -51,17 +56,22 @@ def queue():
 @bp.get("/review/<completion_id>")
 @sign_in_required("agent")
 def item(completion_id: str):
-    """One answer: the conversation, its votes and comments, its corrections, the form."""
+    """One answer: the conversation, its votes and comments, its corrections, the form.
+
+    The form is prefilled with the answer itself, never with text from the URL: a link
+    must not be able to plant training text that an agent only has to save.
+    """
+    if not _could_be_an_id(completion_id):
+        return _no_such_answer()
     try:
         completion, votes, fixes = store.completion_detail(request_session(), completion_id)
     except NotFoundError:
-        return render("forbidden.html", status=404, message="No such answer.")
+        return _no_such_answer()
     return render(
         "review_item.html",
         completion=completion,
         votes=votes,
         corrections=list(reversed(fixes)),
-        draft=request.args.get("draft"),
     )
 
 
@@ -69,6 +79,8 @@ def item(completion_id: str):
 @sign_in_required("agent")
 def correct(completion_id: str):
     """Store the corrected answer, then go back to the queue (the item has left it)."""
+    if not _could_be_an_id(completion_id):
+        return _no_such_answer()
     text = request.form.get("corrected_response", "")
     note = request.form.get("note", "").strip() or None
     problem = _check_text(text, note)
@@ -86,10 +98,20 @@ def correct(completion_id: str):
                 author=current_user().actor,
             )
     except NotFoundError:
-        return render("forbidden.html", status=404, message="No such answer.")
+        return _no_such_answer()
     current_app.extensions["tuneback"].metrics.corrections.inc()
     flash("Correction saved; the answer has left the queue.", "ok")
     return redirect(url_for("review.queue"), code=303)
+
+
+def _could_be_an_id(completion_id: str) -> bool:
+    """Whether a path's id is one the API could have stored (at most 32 characters, no
+    NUL): anything else is no answer, not a query (PostgreSQL refuses NUL: a 500)."""
+    return len(completion_id) <= ID_LENGTH and "\x00" not in completion_id
+
+
+def _no_such_answer() -> tuple[str, int]:
+    return render("forbidden.html", status=404, message="No such answer.")
 
 
 def _check_text(text: str, note: str | None) -> str | None:
