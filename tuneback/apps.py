@@ -136,7 +136,8 @@ def wire_demo_page(app, settings: Settings) -> None:  # noqa: ANN001
     """Mount the demo chat page at ``/``, only when listening on loopback.
 
     The page answers through the served model in-process, so it needs no server key;
-    that is only acceptable where nobody but this machine's users can reach it.
+    that is only acceptable where nobody but this machine's users can reach it, so it
+    also answers loopback ``Host`` names only (:func:`demo_hosts`: DNS rebinding).
     """
     from feedback.web.hooks import hooks
 
@@ -146,6 +147,7 @@ def wire_demo_page(app, settings: Settings) -> None:  # noqa: ANN001
     web = hooks(app)
     web.demo_chat = _demo_chat(app)
     web.demo_widget_key = demo_widget_key(settings, app.extensions["tuneback"].engine)
+    web.demo_hosts = demo_hosts(settings)
 
 
 def _demo_chat(app):  # noqa: ANN001, ANN202
@@ -166,6 +168,15 @@ def _demo_chat(app):  # noqa: ANN001, ANN202
         return backend.start_stream(request, call)
 
     return chat
+
+
+def demo_hosts(settings: Settings) -> frozenset[str]:
+    """The ``Host`` values the demo page answers to: the loopback names with our port
+    (and without it on port 80, where browsers leave it out), never a foreign name
+    that DNS rebinding pointed at this machine."""
+    names = ("127.0.0.1", "localhost", "[::1]")
+    hosts = {f"{name}:{settings.port}" for name in names}
+    return frozenset(hosts | set(names) if settings.port == 80 else hosts)
 
 
 def demo_origins(settings: Settings) -> list[str]:

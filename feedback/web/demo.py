@@ -4,8 +4,9 @@ A page must not carry a server key, so the browser never sees one: the page post
 to ``/demo/chat`` (same origin, with the session's CSRF token) and the server
 answers with the served model in-process. The composition root only wires this
 (:attr:`WebHooks.demo_chat`) when the server listens on loopback, where anyone who
-can open the page could also read the data dir. Each answer carries the widget with
-a public widget key that allows only the page's own origins.
+can open the page could also read the data dir, and the page answers only requests
+whose ``Host`` is a loopback name (:attr:`WebHooks.demo_hosts`). Each answer carries
+the widget with a public widget key that allows only the page's own origins.
 """
 
 from __future__ import annotations
@@ -23,10 +24,29 @@ MAX_TURNS = 40
 ROLES = ("user", "assistant")
 
 
+@bp.before_request
+def only_on_loopback_names():  # noqa: ANN201 - a refusal page, or None to go on
+    """Answer only where the demo is wired, and only to a loopback ``Host``.
+
+    A foreign page can point its own name at 127.0.0.1 (DNS rebinding): the browser
+    then treats this server as that page's origin and would let it read the page's
+    CSRF token and chat without any key. Its requests still carry its own name in
+    ``Host``, so they are refused here, before any model call.
+    """
+    web = hooks()
+    if web.demo_chat is None:
+        abort(404)
+    if request.host.lower() not in web.demo_hosts:
+        return render(
+            "forbidden.html",
+            status=403,
+            message="The demo chat answers only on this machine's loopback address.",
+        )
+    return None
+
+
 @bp.get("/")
 def page():
-    if hooks().demo_chat is None:
-        abort(404)
     return render("demo.html", widget_key=hooks().demo_widget_key)
 
 
@@ -34,10 +54,7 @@ def page():
 def chat():
     """``{"messages": [...]}`` -> the answer as server-sent events (OpenAI chunks), so the
     page shows it as it is generated; the completion is logged before ``[DONE]``."""
-    action = hooks().demo_chat
-    if action is None:
-        abort(404)
-    events = action(_messages(request.get_json(silent=True)))
+    events = hooks().demo_chat(_messages(request.get_json(silent=True)))
     return Response(
         events,
         mimetype="text/event-stream",

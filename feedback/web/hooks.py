@@ -24,12 +24,15 @@ class WebHooks:
     ``retrain_now(actor) -> str`` starts a retrain cycle and says what happened.
     ``demo_chat(messages) -> server-sent events`` streams the served model's answer as
     OpenAI chat-completion chunks and logs the completion before the final
-    ``data: [DONE]``; ``demo_widget_key`` is the public widget key of the demo page.
+    ``data: [DONE]``; ``demo_widget_key`` is the public widget key of the demo page;
+    ``demo_hosts`` the ``Host`` values (lower case, with the port) the demo page answers
+    to: the loopback names only, so a DNS-rebound foreign name cannot reach the chat.
     """
 
     retrain_now: Callable[[str], str] | None = None
     demo_chat: Callable[[list[dict[str, Any]]], Iterable[bytes]] | None = None
     demo_widget_key: str | None = None
+    demo_hosts: frozenset[str] = frozenset()
 
 
 def hooks(app: Flask | None = None) -> WebHooks:
