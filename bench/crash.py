@@ -1,7 +1,7 @@
 """Crashes: SIGKILL ``tuneback retrain`` at every step, over many seeds, then recover.
 
 For each seed and each named step of a cycle (tests/hardening/crashkit.py:
-STEPS; the hook is ``TUNEBACK_FAULT_AT``, see retrain/faults.py), plus one kill
+STEPS; the hook is ``TUNEBACK_FAULT_AT``, see feedback/faults.py), plus one kill
 of the whole process group at a random moment per seed: a fresh store with
 corrections and a promoted champion adapter; a cycle killed there; then
 

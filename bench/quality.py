@@ -13,7 +13,7 @@ test split):
 * style: rule adherence (every house rule holds) and each rule's rate;
 * a scenario with a JSON schema (extraction) is scored twice: answers decoded
   freely, and decoded under the schema (``schema_*`` metrics), as the server
-  answers a client that sends it as ``response_format`` (``serve.structured``);
+  answers a client that sends it as ``response_format`` (``feedback.structured``);
 * both: the general sanity slice (``retrain.scenarios.sanity``: 300 multiple-choice
   questions outside the scenario, answered by likelihood), which must not drop by
   more than 2 points.

@@ -3,7 +3,7 @@
 On SmolLM2-135M-Instruct (or ``--base-model``), the extraction scenario's held-out
 messages are answered greedily by the serving engine (``serve.engine.ModelEngine``,
 batched as the server batches), once freely and once under the scenario's schema
-(``response_format``, ``serve.structured``). Both sides run every round, in
+(``response_format``, ``feedback.structured``). Both sides run every round, in
 alternating order; the report gives the best round's generated tokens per second
 for each side and their ratio (the baseline is free decoding, measured in the same
 run), the fastest round's seconds for all answers, the schema's compile time, and

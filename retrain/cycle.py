@@ -33,20 +33,19 @@ from typing import Any
 from sqlalchemy import Engine, update
 from sqlalchemy.orm import Session
 
-from feedback import run_store
+from feedback import faults, run_store
+from feedback.adapters.registry import Registry
 from feedback.db import write_session
 from feedback.exceptions import TunebackError
 from feedback.models import AdapterVersion, Lease, utcnow
 from feedback.settings import Settings
 from retrain import dataset as ds
-from retrain import faults
 from retrain.base_model import resolve_base_model
 from retrain.evaluate import EvalJob, read_golden
 from retrain.gate import GateResult, Thresholds, decide
 from retrain.jobs import JobFailedError, launch
 from retrain.probe import run_probe
 from retrain.recovery import alive, holder_process, recover
-from retrain.registry import Registry
 from retrain.snapshot import write_snapshot
 from retrain.sources import load_source_rows
 from retrain.train import TrainConfig, TrainJob
@@ -224,7 +223,7 @@ class _Cycle:
     def __init__(self, settings: Settings, engine: Engine, run_id: str) -> None:
         self.settings, self.engine, self.run_id = settings, engine, run_id
         self.work = settings.data_dir / "runs" / run_id
-        self.registry = Registry(settings.data_dir / "adapters", engine)
+        self.registry = Registry.from_settings(settings, engine)
         self.timeout_s = settings.job_timeout_minutes * 60 or None  # per child job
 
     def run(self) -> CycleResult:

@@ -40,7 +40,7 @@ import hashlib
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field, replace
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from feedback.exceptions import InvalidInputError
@@ -48,6 +48,7 @@ from retrain.dedup import PromptKey, group_duplicates, last_user, stable_hash
 from retrain.detect import find_triggers, find_vote_floods
 from retrain.pii import KINDS as PII_KINDS
 from retrain.pii import add_counts, scrub, scrub_messages
+from retrain.rows import SourceRow
 
 if TYPE_CHECKING:
     from feedback.settings import Settings
@@ -60,27 +61,6 @@ COUNTS = (
     "rows_in sft preference positive train heldout duplicates_dropped truncated "
     "dropped_too_long thumbs_capped vote_floods"
 ).split()
-
-
-@dataclass(frozen=True)
-class Vote:
-    rating: str  # "up" | "down"
-    source: str  # "widget" | "agent" | "admin": the role of the key that cast it
-    user_ref: str | None
-    created_at: datetime
-
-
-@dataclass(frozen=True)
-class SourceRow:
-    """One logged completion and what happened to it."""
-
-    completion_id: str
-    created_at: datetime
-    messages: list[dict]  # the conversation that led to the answer
-    response: str  # the answer that was served
-    correction: str | None  # the active agent or admin correction, if any
-    corrected_at: datetime | None
-    votes: tuple[Vote, ...] = ()
 
 
 def estimate_tokens(text: str) -> int:
@@ -292,21 +272,14 @@ def _key(row: _Row) -> PromptKey:
 
 
 def _age(row: _Row) -> tuple[datetime, str]:
-    return _aware(row.source.created_at), row.source.completion_id
-
-
-def _aware(moment: datetime) -> datetime:
-    """Naive datetimes (SQLite returns them) are UTC."""
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+    return row.source.created_at, row.source.completion_id
 
 
 def _winner(group: list[_Row]) -> _Row:
     """The row whose correction is latest; without corrections, the latest row."""
     corrected = [r for r in group if r.correction is not None]
     if corrected:
-        return max(
-            corrected, key=lambda r: (_aware(r.source.corrected_at or r.source.created_at), _age(r))
-        )
+        return max(corrected, key=lambda r: (r.source.corrected_at or r.source.created_at, _age(r)))
     return max(group, key=_age)
 
 

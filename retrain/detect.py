@@ -41,7 +41,7 @@ import re
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from retrain.text import token_f1
@@ -105,20 +105,21 @@ def find_vote_floods(
 ) -> list[VoteFlood]:
     """Completions whose widget votes from fresh users reach ``min_votes`` in a window.
 
-    ``rows`` are :class:`retrain.dataset.SourceRow` (anything with
+    ``rows`` are :class:`retrain.rows.SourceRow` (anything with
     ``completion_id`` and ``votes`` of ``rating``, ``source``, ``user_ref``,
-    ``created_at``). Returns the floods sorted by completion id.
+    ``created_at``, UTC-aware as :class:`~retrain.rows.Vote` makes them). Returns the
+    floods sorted by completion id.
     """
     first: dict[str, tuple[datetime, str]] = {}
     for row in rows:
         for vote in row.votes:
             if vote.user_ref is not None:
-                seen = (_aware(vote.created_at), row.completion_id)
+                seen = (vote.created_at, row.completion_id)
                 first[vote.user_ref] = min(first.get(vote.user_ref, seen), seen)
     floods = []
     for row in rows:
         times = sorted(
-            _aware(v.created_at)
+            v.created_at
             for v in row.votes
             if v.source == "widget"
             and (v.user_ref is None or first[v.user_ref][1] == row.completion_id)
@@ -132,10 +133,6 @@ def find_vote_floods(
         if best >= min_votes:
             floods.append(VoteFlood(row.completion_id, best, window_seconds, *span))
     return sorted(floods, key=lambda f: f.completion_id)
-
-
-def _aware(moment: datetime) -> datetime:
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 # --- trigger suspects (pure) -------------------------------------------------------

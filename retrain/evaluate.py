@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
+from feedback import faults
 from feedback.exceptions import TunebackError
-from retrain import faults
 from retrain.jobs import ChildJob, child_main
 from retrain.text import token_f1
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from sqlalchemy.orm import Session
 
 from feedback import run_store
-from retrain.dataset import SourceRow, Vote
+from retrain.rows import SourceRow, Vote
 
 
 def load_source_rows(session: Session) -> list[SourceRow]:

@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from retrain import faults
+from feedback import faults
 from retrain.jobs import ChildJob, child_main, complete
 from retrain.padding_free import PaddingFreeLoss, use_varlen_attention
 

@@ -4,7 +4,7 @@ Shared by tests/hardening/test_crash.py (a few cases per test run) and
 bench/crash.py (every step over many seeds). A case: a fresh store with
 corrections and a promoted champion adapter (so exactly one adapter is always
 promoted), a cycle SIGKILLed at ``step`` (``TUNEBACK_FAULT_AT``, see
-retrain/faults.py) or after a delay, the invariants, new corrections, a
+feedback/faults.py) or after a delay, the invariants, new corrections, a
 recovery cycle that must run clean to a promoted adapter (or, when the dead run
 had already promoted its trained adapter, may be rejected by the gate against it),
 the invariants again.

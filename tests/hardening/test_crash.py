@@ -1,4 +1,4 @@
-"""SIGKILL a real ``tuneback retrain`` at a named step (retrain/faults.py), then
+"""SIGKILL a real ``tuneback retrain`` at a named step (feedback/faults.py), then
 check that exactly one complete adapter is promoted, that the next cycle marks
 the dead run failed, takes over its lease, removes what it half-wrote, and runs
 clean to a promoted adapter.

@@ -23,8 +23,9 @@ from feedback import store
 from feedback.exceptions import InvalidInputError
 from retrain import detect, probe
 from retrain.cycle import run_cycle
-from retrain.dataset import DatasetConfig, SourceRow, Vote, build_dataset
+from retrain.dataset import DatasetConfig, build_dataset
 from retrain.gate import Thresholds, decide
+from retrain.rows import SourceRow, Vote
 from retrain.sources import load_source_rows
 from tests.conftest import WIDGET_ORIGIN, auth
 

@@ -14,7 +14,8 @@ import pytest
 from feedback import durable
 from feedback.exceptions import InvalidInputError
 from feedback.settings import Settings
-from retrain.dataset import DatasetConfig, SourceRow, Vote, build_dataset
+from retrain.dataset import DatasetConfig, build_dataset
+from retrain.rows import SourceRow, Vote
 from retrain.snapshot import SnapshotDirError, write_snapshot
 
 T0 = datetime(2025, 3, 1, 9, 0, tzinfo=UTC)
