@@ -27,9 +27,9 @@ from transformers import (
 )
 from transformers.utils import logging as hf_logging
 
-from feedback.structured import Grammars, SchemaError
+from feedback.structured import CompileBusyError, CompileLimits, Grammars, SchemaError
 from serve.lora import AdapterHost
-from serve.schemas import ChatRequestError
+from serve.schemas import ChatRequestError, OverloadedError
 from serve.text import TextStream
 from serve.worker import Job
 
@@ -46,7 +46,13 @@ class ModelEngine:
     """A causal LM from a local Hugging Face folder, ready to serve chats."""
 
     def __init__(
-        self, model_dir: Path, *, device: str = "auto", max_rank: int = 64, merge: bool = True
+        self,
+        model_dir: Path,
+        *,
+        device: str = "auto",
+        max_rank: int = 64,
+        merge: bool = True,
+        schema_limits: CompileLimits | None = None,
     ) -> None:
         hf_logging.disable_progress_bar()
         self.model_dir = Path(model_dir)
@@ -62,7 +68,7 @@ class ModelEngine:
         if self.pad_id is None:
             self.pad_id = min(self.eos_ids)
         self.context_length = int(getattr(self.model.config, "max_position_embeddings", 2048))
-        self.grammars = Grammars(self.tokenizer, self.eos_ids)
+        self.grammars = Grammars(self.tokenizer, self.eos_ids, schema_limits)
         # Fast tokenizers may refuse concurrent use ("Already borrowed"); requests
         # encode and the worker decodes, so both go through this lock.
         self._tokenizer_lock = threading.Lock()
@@ -86,13 +92,20 @@ class ModelEngine:
             return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
     def grammar(self, schema: dict[str, Any] | None) -> Any:
-        """The compiled constraint for a request's ``response_format`` schema (None: free)."""
+        """The compiled constraint for a request's ``response_format`` schema (None: free).
+
+        A schema that cannot be compiled, or costs too much to, is a 400; one that is
+        not cached while another compiles is a 503 with Retry-After, not a wait, so
+        one slow schema holds up no other request.
+        """
         if schema is None:
             return None
         try:
-            return self.grammars.index(schema)
+            return self.grammars.index(schema, wait=False)
         except SchemaError as error:
             raise ChatRequestError(f"response_format: {error}") from None
+        except CompileBusyError as error:
+            raise OverloadedError(f"response_format: {error}", error.retry_after) from None
 
     def decode(self, ids: list[int]) -> str:
         with self._tokenizer_lock:

@@ -14,7 +14,7 @@ import queue
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Engine
 
@@ -31,6 +31,9 @@ from serve.responses import (
 )
 from serve.schemas import ChatRequest, ContextLengthError, ModelNotFoundError, OverloadedError
 from serve.worker import DONE, Job, JobQueue, ModelWorker
+
+if TYPE_CHECKING:
+    from feedback.structured import CompileLimits
 
 log = logging.getLogger(__name__)
 DEFAULT_MODEL = "default"
@@ -57,6 +60,7 @@ class LocalBackend:
             device=settings.serve_device,
             max_rank=settings.serve_max_lora_rank,
             merge=settings.serve_merge,
+            schema_limits=schema_limits(settings),
         )
         swapper = Swapper(
             sql,
@@ -231,6 +235,21 @@ class LocalBackend:
             adapter_version=job.lease.version,
             metadata=metadata,
         )
+
+
+def schema_limits(settings: Settings) -> CompileLimits:
+    """What compiling one ``response_format`` schema may cost, from the settings."""
+    from feedback.structured import MIB, CompileLimits
+
+    if settings.serve_schema_cache_mb < settings.serve_schema_index_mb:
+        raise ValueError(
+            "TUNEBACK_SERVE_SCHEMA_CACHE_MB must be at least TUNEBACK_SERVE_SCHEMA_INDEX_MB"
+        )
+    return CompileLimits(
+        memory_bytes=settings.serve_schema_memory_mb * MIB,
+        index_bytes=settings.serve_schema_index_mb * MIB,
+        cache_bytes=settings.serve_schema_cache_mb * MIB,
+    )
 
 
 def _next(job: Job, deadline: float) -> object:

@@ -49,7 +49,7 @@ class Job:
     top_p: float = 1.0
     seed: int | None = None
     stops: tuple[str, ...] = ()
-    grammar: Any = None  # a compiled response_format schema (serve.structured), or None
+    grammar: Any = None  # a compiled response_format schema (feedback.structured), or None
     stream: bool = False
     text: str = ""
     finish_reason: str | None = None  # stop | length | cancelled
