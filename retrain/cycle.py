@@ -8,7 +8,11 @@ Every step logs with the run id and hands the next a small typed value
 (:class:`Built`, :class:`Trained`, :class:`Evaluation`, the gate's
 :class:`~retrain.gate.GateResult`); a failure is recorded on the run and
 re-raised. Only one cycle runs at a time, across processes and machines,
-thanks to a lease in the database.
+thanks to a lease in the database (:mod:`retrain.lease`). A cycle that loses it
+(another took it over, or renewals failed past its expiry) stops: its training
+child is killed, and each step with effects (recording the dataset, training,
+registering, promoting) first confirms the lease, so nothing is registered or
+promoted after the loss; the run records why.
 
 A cycle killed outright (SIGKILL, power cut) cannot record anything, so the
 next cycle cleans up after it (:mod:`retrain.recovery`): it takes over the lease when
@@ -21,38 +25,33 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import socket
-import threading
-import uuid
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, update
+from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
 from feedback import faults, run_store
 from feedback.adapters.registry import Registry
 from feedback.db import write_session
 from feedback.exceptions import TunebackError
-from feedback.models import AdapterVersion, Lease, utcnow
+from feedback.models import AdapterVersion
 from feedback.settings import Settings
 from retrain import dataset as ds
 from retrain.base_model import resolve_base_model
 from retrain.evaluate import EvalJob, read_golden
 from retrain.gate import GateResult, Thresholds, decide
 from retrain.jobs import JobFailedError, launch
+from retrain.lease import LEASE_TTL, CycleLease, LeaseLostError
 from retrain.probe import run_probe
-from retrain.recovery import alive, holder_process, recover
+from retrain.recovery import recover, stop_children
 from retrain.snapshot import write_snapshot
 from retrain.sources import load_source_rows
 from retrain.train import TrainConfig, TrainJob
 
 log = logging.getLogger("retrain.cycle")
-LEASE = "retrain-cycle"
-LEASE_TTL = timedelta(minutes=10)
 
 
 class CycleFailedError(TunebackError, RuntimeError):
@@ -80,95 +79,59 @@ class CycleResult:
         return asdict(self)
 
 
-class _Lease:
-    """The cycle lease, renewed in the background while the cycle runs."""
-
-    def __init__(self, engine: Engine) -> None:
-        self.engine = engine
-        self.holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def acquire(self) -> bool:
-        with write_session(self.engine) as session:
-            ok = run_store.acquire_lease(session, name=LEASE, holder=self.holder, ttl=LEASE_TTL)
-            ok = ok or self._take_over_dead(session)
-            session.commit()
-        if ok:
-            self._thread = threading.Thread(target=self._renew, daemon=True)
-            self._thread.start()
-        return ok
-
-    def _take_over_dead(self, session: Session) -> bool:
-        """Take the lease from a holder that is a dead process on this host.
-
-        Without this, a SIGKILLed cycle would block every cycle until its lease
-        expires (``LEASE_TTL``). A holder on another host is left to expire.
-        """
-        lease = session.get(Lease, LEASE, populate_existing=True)
-        if lease is None:
-            return False
-        host, pid = holder_process(lease.holder)
-        if host != socket.gethostname() or pid is None or alive(pid):
-            return False
-        taken = session.execute(
-            update(Lease)
-            .where(Lease.name == LEASE, Lease.holder == lease.holder)
-            .values(holder=self.holder, expires_at=utcnow() + LEASE_TTL)
-        ).rowcount
-        if taken:
-            log.warning("took over the cycle lease from %s (dead process)", lease.holder)
-        return bool(taken)
-
-    def _renew(self) -> None:
-        while not self._stop.wait(LEASE_TTL.total_seconds() / 3):
-            self.acquire_quietly()
-
-    def acquire_quietly(self) -> None:
-        try:
-            with write_session(self.engine) as session:
-                run_store.acquire_lease(session, name=LEASE, holder=self.holder, ttl=LEASE_TTL)
-                session.commit()
-        except Exception:  # noqa: BLE001 - a missed renewal is retried next time
-            log.warning("could not renew the cycle lease", exc_info=True)
-
-    def release(self) -> None:
-        self._stop.set()
-        with write_session(self.engine) as session:
-            run_store.release_lease(session, name=LEASE, holder=self.holder)
-            session.commit()
-
-
 def run_cycle(
     settings: Settings,
     engine: Engine,
     *,
     trigger: str = "manual",
     scheduled_for: datetime | None = None,
+    lease_ttl: timedelta = LEASE_TTL,
 ) -> CycleResult:
-    """Run one cycle. Returns its result; raises CycleFailedError if it failed."""
+    """Run one cycle. Returns its result; raises CycleFailedError if it failed.
+
+    ``lease_ttl`` is how long the cycle lease lasts without renewal (tests shorten it).
+    """
     with write_session(engine) as session:
         run = run_store.start_run(session, trigger=trigger, scheduled_for=scheduled_for)
         session.commit()
     if run is None:
         log.info("a cycle for the tick %s already ran or is running", scheduled_for)
         return CycleResult(None, "skipped", reason="this scheduled tick already has a run")
-    lease = _Lease(engine)
+    work = settings.data_dir / "runs" / run.id
+    lease = CycleLease(engine, ttl=lease_ttl, on_lost=lambda: stop_children(work))
     if not lease.acquire():
         result = CycleResult(run.id, "skipped", reason="another cycle is running")
         _finish(engine, result)
         return result
     try:
         recover(settings, engine, run)
-        result = _Cycle(settings, engine, run.id).run()
+        result = _Cycle(settings, engine, run.id, lease).run()
     except Exception as error:
-        log.exception("run %s failed", run.id)
-        result = CycleResult(run.id, "failed", reason=f"{type(error).__name__}: {error}")
-        _finish(engine, result, error=result.reason)
+        result = _failed(engine, run.id, error, lease)
         raise CycleFailedError(result.reason, result) from error
     finally:
         lease.release()
     _finish(engine, result)
+    return result
+
+
+def _failed(engine: Engine, run_id: str, error: Exception, lease: CycleLease) -> CycleResult:
+    """Log and record a failed run. With the lease lost, the failure is the loss (the
+    step under way failed because of it, most likely), and recording it may fail too:
+    the database may be what cost the lease."""
+    if lease.lost is not None and not isinstance(error, LeaseLostError):
+        error = LeaseLostError(
+            f"lost the cycle lease ({lease.lost}) and stopped; "
+            f"the step under way ended with {type(error).__name__}: {error}"
+        )
+    result = CycleResult(run_id, "failed", reason=f"{type(error).__name__}: {error}")
+    log.exception("run %s failed: %s", run_id, result.reason)  # called while handling it
+    try:
+        _finish(engine, result, error=result.reason)
+    except Exception:
+        if lease.lost is None:
+            raise
+        log.exception("run %s: could not record its failure", run_id)
     return result
 
 
@@ -220,8 +183,8 @@ class Evaluation:
 class _Cycle:
     """The steps of one run, sharing its settings, engine and work folder."""
 
-    def __init__(self, settings: Settings, engine: Engine, run_id: str) -> None:
-        self.settings, self.engine, self.run_id = settings, engine, run_id
+    def __init__(self, settings: Settings, engine: Engine, run_id: str, lease: CycleLease) -> None:
+        self.settings, self.engine, self.run_id, self.lease = settings, engine, run_id, lease
         self.work = settings.data_dir / "runs" / run_id
         self.registry = Registry.from_settings(settings, engine)
         self.timeout_s = settings.job_timeout_minutes * 60 or None  # per child job
@@ -276,6 +239,7 @@ class _Cycle:
 
     def record_dataset(self, dataset: ds.Dataset) -> str:
         """Record the dataset and write its snapshot; returns the snapshot's id."""
+        self.lease.confirm("recording the dataset")
         with write_session(self.engine) as session:
             snapshot = run_store.record_dataset(
                 session,
@@ -292,6 +256,7 @@ class _Cycle:
             return snapshot.id
 
     def train(self, dataset: ds.Dataset, base: Path) -> Trained:
+        self.lease.confirm("training")
         self.work.mkdir(parents=True, exist_ok=True)
         job = TrainJob(
             base_model=str(base),
@@ -370,7 +335,11 @@ class _Cycle:
         base: Path,
         dataset_id: str,
     ) -> str:
-        """Add the adapter to the registry, promote it if it passed; returns its version."""
+        """Add the adapter to the registry, promote it if it passed; returns its version.
+
+        Each of the two asks the lease first: a cycle that lost it must not touch the
+        registry (another may be running, or have cleaned this run up)."""
+        self.lease.confirm("registering the adapter")
         adapter = self.registry.add(
             trained.adapter_dir,
             base_model=str(base),
@@ -383,6 +352,7 @@ class _Cycle:
         )
         status = "rejected"
         if gate.passed:
+            self.lease.confirm(f"promoting {adapter.version}")
             self.registry.promote(adapter.version, actor=f"retrain run {self.run_id}")
             status = "promoted"
         log.info("run %s: adapter %s %s", self.run_id, adapter.version, status)

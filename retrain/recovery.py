@@ -6,7 +6,8 @@ machine (:func:`holder_process`, :func:`alive`; a holder on another machine is
 left to expire), marks the dead run ``failed`` with an ``abandoned`` error, and
 removes what the run left half-written (:func:`recover`). Training and
 evaluation children die with the cycle (:func:`die_with_parent`), so nothing
-keeps training for a run that no longer exists.
+keeps training for a run that no longer exists; a cycle that lost its lease
+stops its own (:func:`stop_children`).
 """
 
 from __future__ import annotations
@@ -54,6 +55,26 @@ def alive(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z"
     except (OSError, IndexError):
         return True
+
+
+def stop_children(folder: Path) -> list[int]:
+    """SIGKILL this process's children whose command line names a file in ``folder``
+    (the job files of a run's work folder); return their pids. Linux (``/proc``)
+    only; elsewhere nothing is stopped and the cycle stops after the child ends."""
+    me, prefix, stopped = os.getpid(), f"{folder}{os.sep}".encode(), []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rpartition(")")[2].split()[1])
+            args = (stat.parent / "cmdline").read_bytes().split(b"\0")
+        except (OSError, ValueError, IndexError):
+            continue  # gone meanwhile, or not ours to read
+        if ppid == me and any(arg.startswith(prefix) for arg in args):
+            try:
+                os.kill(int(stat.parent.name), signal.SIGKILL)
+                stopped.append(int(stat.parent.name))
+            except ProcessLookupError:
+                pass
+    return stopped
 
 
 def recover(settings: Settings, engine: Engine, run: RetrainRun) -> None:

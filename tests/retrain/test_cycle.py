@@ -1,23 +1,33 @@
 """Whole retrain cycles on the tiny model, on SQLite and PostgreSQL: promoted,
 rejected by the gate, skipped for lack of data or because another cycle holds
-the lease, failed (recorded, re-raised); and the CLI's JSON."""
+the lease, failed (recorded, re-raised), stopped when it loses the lease; and
+the CLI's JSON."""
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
+import time
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from feedback import run_store, store
 from feedback.adapters import store as adapter_store
 from feedback.db import write_session
-from feedback.models import DatasetExample, RetrainRun
-from retrain.cycle import LEASE, CycleFailedError, run_cycle
+from feedback.models import DatasetExample, Lease, RetrainRun, utcnow
+from retrain import cycle, jobs
+from retrain import lease as lease_module
+from retrain.cycle import CycleFailedError, run_cycle
+from retrain.lease import LEASE
+from retrain.train import TrainJob
 from tests.live import cli, tuneback_env
+from tests.retrain.child_job import EchoJob
 from tests.retrain.examples import ROUTING_ANSWER, card_questions
 
 QUESTIONS = card_questions(12)
@@ -199,3 +209,135 @@ def test_two_processes_run_one_cycle_at_a_time(tmp_path, database_url, tiny_mode
         assert len(adapter_store.list_adapter_versions(session)) == 1
     listed = cli(env, "adapters", "list")
     assert trained[0]["adapter"] in listed.stdout and trained[0]["status"] in listed.stdout
+
+
+# --- a cycle that loses its lease ---------------------------------------------------------
+# Training and evaluation are faked (a LoRA-shaped folder, fixed metrics that pass the
+# gate), so these cycles take seconds; the lease, the store and the registry are real.
+
+OTHER = "other-host:4242:cafe0000"
+PASSING = {
+    "candidate": {"heldout_overlap": 0.9, "heldout_loss": 0.5, "heldout_count": 3},
+    "base": {"heldout_overlap": 0.1, "heldout_loss": 2.0, "heldout_count": 3},
+}
+
+
+@pytest.fixture
+def fake_settings(settings, tmp_path):
+    base = tmp_path / "base-model"  # a model folder with no weights: no shapes to check
+    base.mkdir()
+    (base / "config.json").write_text("{}")
+    return settings.model_copy(
+        update={"base_model": str(base), "min_new_examples": 5, "heldout_fraction": 0.25}
+    )
+
+
+def fake_children(monkeypatch, during_training) -> None:
+    """Training writes an adapter folder after calling ``during_training(job, job_file)``;
+    evaluation returns passing metrics; there is nothing to probe."""
+
+    def launch(job, job_file, *, timeout_s=None):
+        if not isinstance(job, TrainJob):
+            return PASSING
+        during_training(job, job_file)
+        make_adapter(job.adapter_dir, base=job.base_model)
+        return {"sft": {"steps": 1}}
+
+    monkeypatch.setattr(cycle, "launch", launch)
+    monkeypatch.setattr(cycle, "run_probe", lambda *a, **k: {"skipped": "faked"})
+
+
+def make_adapter(folder: Path, *, base: str) -> None:
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    save_file(
+        {
+            "base_model.model.q_proj.lora_A.weight": rng.standard_normal((4, 16), np.float32),
+            "base_model.model.q_proj.lora_B.weight": rng.standard_normal((16, 4), np.float32),
+        },
+        str(folder / "adapter_model.safetensors"),
+    )
+    config = {"base_model_name_or_path": base, "peft_type": "LORA", "r": 4}
+    (folder / "adapter_config.json").write_text(json.dumps(config))
+
+
+def take_lease(engine, holder: str = OTHER) -> None:
+    """Another host takes the lease over (as it may once ours expired)."""
+    with write_session(engine) as session:
+        session.execute(
+            update(Lease).values(holder=holder, expires_at=utcnow() + timedelta(hours=1))
+        )
+        session.commit()
+
+
+def adapters(engine) -> list:
+    with Session(engine) as session:
+        return adapter_store.list_adapter_versions(session)
+
+
+def test_the_fake_cycle_promotes_when_the_lease_holds(fake_settings, engine, monkeypatch):
+    """The control for the two below: the same cycle, lease kept, promotes."""
+    seed_corrections(engine)
+    fake_children(monkeypatch, lambda job, job_file: None)
+    result = run_cycle(fake_settings, engine, lease_ttl=timedelta(seconds=2))
+    assert result.status == "promoted", result
+    assert [a.status for a in adapters(engine)] == ["promoted"]
+
+
+def test_a_cycle_whose_lease_is_taken_over_registers_nothing(fake_settings, engine, monkeypatch):
+    seed_corrections(engine)
+    fake_children(monkeypatch, lambda job, job_file: take_lease(engine))
+    with pytest.raises(CycleFailedError, match="lost the cycle lease") as failed:
+        run_cycle(fake_settings, engine)  # the usual 10 minutes: the step checks catch it
+    assert "stopped before registering the adapter" in failed.value.result.reason
+    assert adapters(engine) == []  # neither registered nor promoted
+    [run] = runs(engine)
+    assert run.status == "failed" and OTHER in run.error and "lost the cycle lease" in run.error
+    with Session(engine) as session:  # and it left the new holder's lease alone
+        assert session.get(Lease, LEASE).holder == OTHER
+
+
+def test_a_cycle_whose_renewals_fail_past_the_expiry_stops_training(
+    fake_settings, engine, monkeypatch
+):
+    """The database is out (for the lease's renewals) longer than the lease lasts:
+    the renewal thread kills the training child, and the run records why."""
+    seed_corrections(engine)
+    children = []
+
+    def database_out_then_train(job, job_file):
+        def unreachable(_engine):
+            raise OperationalError("renew", {}, Exception("connection refused"))
+
+        monkeypatch.setattr(lease_module, "write_session", unreachable)
+        hang = EchoJob(out_path=str(Path(job.out_dir) / "echo.json"), action="hang")
+        children.append(Path(job_file).parent)
+        jobs.launch(hang, job_file)  # sleeps 120 s unless stopped
+
+    fake_children(monkeypatch, database_out_then_train)
+    started = time.monotonic()
+    with pytest.raises(CycleFailedError, match="renewals failed past its expiry"):
+        run_cycle(fake_settings, engine, lease_ttl=timedelta(seconds=1))
+    assert time.monotonic() - started < 30  # the child was stopped, not waited for
+    assert adapters(engine) == []
+    [run] = runs(engine)
+    assert run.status == "failed" and "lost the cycle lease" in run.error
+    assert "crashed (exit code -9)" in run.error  # what the step under way saw: a kill
+    assert not _children_in(children[0])
+
+
+def _children_in(folder: Path) -> list[int]:
+    """Live children of this process whose command line names a file in ``folder``."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rpartition(")")[2].split()
+            args = (stat.parent / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if int(fields[1]) == os.getpid() and fields[0] != "Z" and str(folder).encode() in args:
+            found.append(int(stat.parent.name))
+    return found
