@@ -15,7 +15,7 @@ from feedback import auth, cors, db, web
 from feedback.context import close_request_session
 from feedback.errors import ERROR_SCHEMA, JSONRequest, register_error_handlers
 from feedback.metrics import Metrics
-from feedback.ratelimit import RateLimiter
+from feedback.ratelimit import RateLimiter, client_network
 from feedback.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -107,9 +107,20 @@ def _before_request():  # noqa: ANN202 - a response for preflights, else None
         if preflight is not None:
             return preflight
     caller = auth.load_key(req, ctx, ext.key_cache)
-    # After the key: limits count per key (per client address without one).
-    who = f"key:{caller.id}" if caller else f"addr:{req.remote_addr}"
-    ext.limiter.check(req.endpoint, req.method, who)
+    # After the key: limits count per key (per client address without one). A
+    # widget key is public, shared by a site's every user: its requests count per
+    # client address under a key-wide ceiling, and only from an allowed origin (a
+    # refused origin counts against its address, like a request without a key).
+    if caller is None or caller.role != "widget":
+        who = f"key:{caller.id}" if caller else f"addr:{req.remote_addr}"
+        ext.limiter.check(req.endpoint, req.method, who)
+    elif not auth.origin_allowed(req, caller):
+        ext.limiter.check(req.endpoint, req.method, f"addr:{req.remote_addr}")
+    else:
+        client = f"widget:{caller.id}:addr:{client_network(req.remote_addr)}"
+        ext.limiter.check(req.endpoint, req.method, client, ext.settings.widget_rate_limit)
+        who = f"widget:{caller.id}"
+        ext.limiter.check(req.endpoint, req.method, who, ext.settings.widget_key_rate_limit)
     return None
 
 

@@ -8,10 +8,18 @@ them leaves it. With ``redis://`` the counters live in Redis through
 in this process, in :class:`MemoryMovingWindow`: ``limits``' own memory
 storage restarts a timer thread every 10 ms and inserts each hit at the front
 of a list, which made it the costliest part of a vote.
+
+A widget key is public and shared by every end user of a site, so its requests
+are not counted per key: each client address (and each signed user) has its
+own allowance (``TUNEBACK_WIDGET_RATE_LIMIT``) under a key-wide ceiling
+(``TUNEBACK_WIDGET_KEY_RATE_LIMIT``), and one client's flood never locks the
+others out. :meth:`RateLimiter.check` takes such a limit by its spec; its
+windows are built at first use, in the same storage.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import threading
 import time
@@ -31,6 +39,20 @@ class RateLimitedError(TunebackError):
     def __init__(self, message: str, retry_after: int) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+
+
+def client_network(address: str | None) -> str:
+    """The client a per-client limit counts: its IPv4 address, or its IPv6 /64 (one
+    host usually holds a whole /64, so counting its addresses would count nothing)."""
+    if not address or ":" not in address:
+        return address or "unknown"
+    try:
+        ip = ipaddress.IPv6Address(address)
+    except ValueError:
+        return address
+    if ip.ipv4_mapped is not None:  # an IPv4 client on a dual-stack socket
+        return str(ip.ipv4_mapped)
+    return str(ipaddress.IPv6Network((ip, 64), strict=False))
 
 
 class Window(Protocol):
@@ -99,21 +121,38 @@ class LimitsMovingWindow:
 
 
 class RateLimiter:
-    def __init__(self, spec: str, storage_uri: str) -> None:
-        limits = parse_many(spec)
-        self.windows: list[Window]
-        if storage_uri.startswith("memory://"):
-            self.windows = [MemoryMovingWindow(limit) for limit in limits]
-        else:
-            backend = storage.storage_from_string(storage_uri)
-            strategy = strategies.MovingWindowRateLimiter(backend)
-            self.windows = [LimitsMovingWindow(limit, strategy) for limit in limits]
+    """The default limit (``spec``) and any other limit asked for by its spec, in one storage."""
 
-    def check(self, endpoint: str | None, method: str, who: str) -> None:
-        """Count this request of ``who`` against every limit; raise 429 when one is exceeded."""
+    def __init__(self, spec: str, storage_uri: str) -> None:
+        self._strategy: strategies.RateLimiter | None = None
+        if not storage_uri.startswith("memory://"):
+            backend = storage.storage_from_string(storage_uri)
+            self._strategy = strategies.MovingWindowRateLimiter(backend)
+        self._lock = threading.Lock()
+        self.windows: list[Window] = self._windows(spec)
+        self._by_spec: dict[str, list[Window]] = {spec: self.windows}
+
+    def _windows(self, spec: str) -> list[Window]:
+        if self._strategy is None:
+            return [MemoryMovingWindow(limit) for limit in parse_many(spec)]
+        return [LimitsMovingWindow(limit, self._strategy) for limit in parse_many(spec)]
+
+    def limit(self, spec: str) -> list[Window]:
+        """The windows of ``spec``, built once (a setting's value: a handful per process)."""
+        windows = self._by_spec.get(spec)
+        if windows is None:
+            with self._lock:
+                windows = self._by_spec.get(spec) or self._by_spec.setdefault(
+                    spec, self._windows(spec)
+                )
+        return windows
+
+    def check(self, endpoint: str | None, method: str, who: str, spec: str | None = None) -> None:
+        """Count this request of ``who`` against every limit of ``spec`` (default: the
+        app's); raise 429 when one is exceeded."""
         if endpoint in EXEMPT_ENDPOINTS or method == "OPTIONS":
             return
-        for window in self.windows:
+        for window in self.windows if spec is None else self.limit(spec):
             if not window.hit(who):
                 retry_after = max(1, math.ceil(window.retry_after(who)))
                 raise RateLimitedError(
