@@ -4,11 +4,19 @@ SQLite is the embedded default: WAL mode so readers never block the writer,
 a busy timeout so writers queue instead of failing, and ``BEGIN IMMEDIATE``
 for write transactions so a read-then-write transaction can never hit
 "database is locked" on a stale snapshot. PostgreSQL needs none of this.
+
+Every commit is on disk when it returns, so that an acknowledged write (a 201,
+an erasure's audit line) survives a power cut: SQLite runs with
+``synchronous=FULL`` (the WAL is synced at each commit; ``NORMAL`` syncs only
+at checkpoints and may lose the last commits), and PostgreSQL sessions keep
+``synchronous_commit`` on. The API's votes share their syncs through group
+commit (:mod:`feedback.writer`).
 """
 
 from __future__ import annotations
 
 import fcntl
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -23,6 +31,8 @@ from sqlalchemy.orm import Session
 from sqlalchemy.pool import NullPool
 
 from feedback.exceptions import TunebackError
+
+log = logging.getLogger(__name__)
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 WRITE = {"tuneback_write": True}
@@ -43,7 +53,10 @@ def _ensure_sqlite_dir(url: str) -> None:
 def make_engine(url: str, *, busy_timeout_ms: int = 30_000) -> Engine:
     """Create an engine; for SQLite, create the folder and set the pragmas."""
     if make_url(url).get_backend_name() != "sqlite":
-        return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+        engine = create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+        if engine.dialect.name == "postgresql":
+            event.listen(engine, "connect", _keep_synchronous_commit)
+        return engine
     _ensure_sqlite_dir(url)
     engine = create_engine(
         url, connect_args={"check_same_thread": False, "timeout": busy_timeout_ms / 1000}
@@ -56,7 +69,7 @@ def make_engine(url: str, *, busy_timeout_ms: int = 30_000) -> Engine:
         cur = dbapi_conn.cursor()
         cur.execute("PRAGMA journal_mode=WAL")
         cur.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
-        cur.execute("PRAGMA synchronous=NORMAL")
+        cur.execute("PRAGMA synchronous=FULL")  # see the module's docstring
         cur.execute("PRAGMA foreign_keys=ON")
         cur.close()
 
@@ -66,6 +79,20 @@ def make_engine(url: str, *, busy_timeout_ms: int = 30_000) -> Engine:
         conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
     return engine
+
+
+def _keep_synchronous_commit(dbapi_conn, _record) -> None:  # noqa: ANN001
+    """Turn ``synchronous_commit`` back on where the server or role turned it off.
+
+    Off, PostgreSQL acknowledges a commit before its WAL is flushed, and a
+    crash loses the last ones. Stronger values (``remote_apply``, say) stay.
+    """
+    with dbapi_conn.cursor() as cur:
+        cur.execute("SHOW synchronous_commit")
+        if cur.fetchone()[0] == "off":
+            log.warning("synchronous_commit is off for this database; Tuneback turns it on")
+            cur.execute("SET synchronous_commit TO on")
+    dbapi_conn.commit()  # SET inside a rolled-back transaction would be undone
 
 
 @contextmanager

@@ -17,7 +17,7 @@ from typing import Any
 
 from flask import g, request
 
-from feedback import rawsql
+from feedback import rawsql, writer
 from feedback.exceptions import ConflictError, IdempotencyKeyReusedError, InvalidInputError
 
 HEADER = "Idempotency-Key"
@@ -48,17 +48,23 @@ def run_write(
     """
     key = _header_key()
     if key is None:
-        with transaction as tx:
-            body, status = action(tx)
+        body, status = writer.run(transaction, action)
         return body, status, {}
     owner, fingerprint = g.caller.id, _fingerprint()
-    with transaction as tx:
+
+    def claim_and_act(tx: rawsql.RawTx) -> tuple[bool, Any]:
+        # A job of feedback.writer: on SQLite it runs on the group-commit thread.
         if rawsql.claim_key(tx, api_key_id=owner, key=key, request_hash=fingerprint):
             body, status = action(tx)
             text = json.dumps(body, default=str)
             rawsql.complete_key(tx, api_key_id=owner, key=key, status=status, body=text)
-            return body, status, {}
-        stored = rawsql.get_key(tx, api_key_id=owner, key=key)
+            return True, (body, status)
+        return False, rawsql.get_key(tx, api_key_id=owner, key=key)
+
+    claimed, result = writer.run(transaction, claim_and_act)
+    if claimed:
+        return *result, {}
+    stored = result
     if stored is None:  # claimed and released in between: vanishingly rare
         raise ConflictError("a request with this Idempotency-Key is in flight; retry")
     stored_hash, stored_status, stored_body = stored
