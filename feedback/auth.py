@@ -3,18 +3,29 @@
 ``load_key`` runs before every request (before rate limiting, so limits count
 per key); ``require`` guards each endpoint. Widget keys are public and work
 only from their allowed browser origins; ``admin`` may do everything.
+
+A public key cannot say who an end user is, so a widget vote is a verified
+user's only with a signed vote token: an HMAC, under a key derived from the
+server's secret, over (completion id, user, expiry), minted for a server key by
+``POST /v1/vote-tokens`` (:func:`mint_vote_token`, :func:`read_vote_token`). An
+unverified vote's answer carries a token of the same kind for that one vote.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import functools
+import hashlib
+import hmac
+import json
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from flask import Request, g, request
+from flask import Request, current_app, g, request
 
 from feedback import store
 from feedback.context import request_session
@@ -119,3 +130,90 @@ def require(*roles: str) -> Callable:
         return wrapper
 
     return decorator
+
+
+# --- signed vote tokens -------------------------------------------------------------
+
+TOKEN_PREFIX = "tbv1"
+
+
+@dataclass(frozen=True)
+class VoteToken:
+    """What a valid vote token says. A user token (``POST /v1/vote-tokens``): ``user``
+    may vote on ``completion_id``. A vote's own token (the answer to an unverified
+    vote): its holder may change vote ``vote_id``, which claims ``user``. Both until
+    ``expires``."""
+
+    completion_id: str
+    user: str | None
+    expires: int  # Unix seconds
+    vote_id: str | None = None
+
+
+@functools.lru_cache(maxsize=4)
+def _token_key(secret: str) -> bytes:
+    # Its own key, derived from the server's secret: a token is never a valid cookie.
+    return hashlib.sha256(b"tuneback vote token v1\x00" + secret.encode()).digest()
+
+
+def _sign(secret: str, signed: str) -> bytes:
+    return hmac.new(_token_key(secret), signed.encode(), hashlib.sha256).digest()
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def server_secret() -> str:
+    """The app's signing secret (``TUNEBACK_SECRET_KEY`` or the data dir's key file)."""
+    secret = current_app.secret_key
+    if not secret:
+        raise RuntimeError("the app has no secret key to sign vote tokens with")
+    return str(secret)
+
+
+def mint_vote_token(
+    secret: str, *, completion_id: str, user: str | None, expires: int, vote_id: str | None = None
+) -> str:
+    """``tbv1.<payload>.<signature>``: the payload is base64url JSON, readable by anyone,
+    changeable by no one without ``secret``."""
+    claims = [completion_id, user, expires, vote_id]
+    payload = _b64(json.dumps(claims, separators=(",", ":")).encode())
+    return f"{TOKEN_PREFIX}.{payload}.{_b64(_sign(secret, f'{TOKEN_PREFIX}.{payload}'))}"
+
+
+def read_vote_token(secret: str, token: str, *, now: float | None = None) -> VoteToken:
+    """The token's claims, if its signature is ours and it has not expired; else 403."""
+    signed, _, signature = token.rpartition(".")
+    prefix, _, payload = signed.partition(".")
+    claims = None
+    try:
+        valid = prefix == TOKEN_PREFIX and hmac.compare_digest(
+            _sign(secret, signed), _unb64(signature)
+        )
+        claims = json.loads(_unb64(payload)) if valid else None
+    except (ValueError, binascii.Error):
+        valid = False
+    if not valid or not _claims_ok(claims):
+        raise ForbiddenError("the vote token is not valid")
+    completion_id, user, expires, vote_id = claims
+    if expires <= (time.time() if now is None else now):
+        raise ForbiddenError("the vote token has expired; ask the chat page for a new one")
+    return VoteToken(completion_id, user, expires, vote_id)
+
+
+def _claims_ok(claims: object) -> bool:
+    if not isinstance(claims, list) or len(claims) != 4:
+        return False
+    completion_id, user, expires, vote_id = claims
+    return (
+        isinstance(completion_id, str)
+        and type(expires) is int
+        # A user token names its user; a vote's token names the vote (its user may be none).
+        and (isinstance(user, str) if vote_id is None else isinstance(vote_id, str))
+        and (user is None or isinstance(user, str))
+    )

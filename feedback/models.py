@@ -15,7 +15,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any, Literal, get_args
 
-from sqlalchemy import JSON, Column, Index, Text, UniqueConstraint, text
+from sqlalchemy import JSON, Column, Index, Text, text
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlmodel import Field, SQLModel
 
@@ -61,9 +61,25 @@ class Completion(SQLModel, table=True):
 
 
 class Feedback(SQLModel, table=True):
-    """A thumbs up or down on a completion. One per (completion, user)."""
+    """A thumbs up or down on a completion.
 
-    __table_args__ = (UniqueConstraint("completion_id", "user_ref", name="uq_feedback_user"),)
+    A verified vote's user is known (a signed vote token, or an agent's say): one per
+    (completion, source, user), so a vote from one source never replaces another's.
+    An unverified vote (a public widget key's, naming a user it cannot prove) is a row
+    of its own that nothing replaces; ``user_ref`` keeps the user it claims.
+    """
+
+    __table_args__ = (
+        Index(
+            "uq_feedback_verified_user",
+            "completion_id",
+            "source",
+            "user_ref",
+            unique=True,
+            sqlite_where=text("verified"),
+            postgresql_where=text("verified"),
+        ),
+    )
 
     id: str = Field(default_factory=new_id, primary_key=True, max_length=32)
     completion_id: str = Field(foreign_key="completion.id", index=True, max_length=32)
@@ -73,6 +89,7 @@ class Feedback(SQLModel, table=True):
     source: str = Field(max_length=16)
     user_ref: str | None = Field(default=None, max_length=256)
     api_key_id: str | None = Field(default=None, max_length=32)
+    verified: bool = True
     created_at: datetime = _ts(index=True)
     updated_at: datetime = _ts()
 

@@ -20,6 +20,7 @@ import os
 import threading
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext, suppress
+from datetime import datetime
 from typing import Any
 from weakref import WeakKeyDictionary
 
@@ -33,14 +34,19 @@ from feedback.types import UTCDateTime
 
 log = logging.getLogger(__name__)
 
-VOTE_UPSERT = (
+_VOTE_INSERT = (
     "INSERT INTO feedback (id, completion_id, rating, reason, comment, source, user_ref,"
-    " api_key_id, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-    " ON CONFLICT (completion_id, user_ref) DO UPDATE SET rating = excluded.rating,"
-    " reason = excluded.reason, comment = excluded.comment, source = excluded.source,"
-    " api_key_id = excluded.api_key_id, updated_at = excluded.updated_at"
-    " RETURNING id, created_at"
+    " api_key_id, verified, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
+# A verified vote replaces the same user's verified vote from the same source (the
+# partial unique index uq_feedback_verified_user); an unverified one is always a new row.
+VOTE_UPSERT = (
+    _VOTE_INSERT + " ON CONFLICT (completion_id, source, user_ref) WHERE verified"
+    " DO UPDATE SET rating = excluded.rating, reason = excluded.reason,"
+    " comment = excluded.comment, api_key_id = excluded.api_key_id,"
+    " updated_at = excluded.updated_at RETURNING id, created_at"
+)
+VOTE_INSERT = _VOTE_INSERT + " RETURNING id, created_at"
 # The order of VOTE_UPSERT's values, timestamps aside.
 VOTE_COLUMNS = (
     "id",
@@ -51,6 +57,12 @@ VOTE_COLUMNS = (
     "source",
     "user_ref",
     "api_key_id",
+    "verified",
+)
+VOTE_GET = f"SELECT {', '.join(VOTE_COLUMNS)}, created_at, updated_at FROM feedback WHERE id = ?"
+VOTE_CHANGE = (
+    "UPDATE feedback SET rating = ?, reason = ?, comment = ?, updated_at = ?"
+    f" WHERE id = ? AND completion_id = ? RETURNING {', '.join(VOTE_COLUMNS)}, created_at"
 )
 KEY_CLAIM = (
     "INSERT INTO idempotency_record (api_key_id, key, request_hash, status_code,"
@@ -64,6 +76,12 @@ KEY_GET = (
 KEY_COMPLETE = (
     "UPDATE idempotency_record SET status_code = ?, response_body = ?"
     " WHERE api_key_id = ? AND key = ?"
+)
+# Expired records, oldest first, a bounded batch (PostgreSQL skips rows another
+# pruner holds rather than wait on them).
+KEY_PRUNE = (
+    "DELETE FROM idempotency_record WHERE (api_key_id, key) IN (SELECT api_key_id, key"
+    " FROM idempotency_record WHERE created_at < ? ORDER BY created_at LIMIT ?{lock})"
 )
 
 
@@ -255,26 +273,53 @@ def record_vote(
     source: str,
     user_ref: str | None,
     api_key_id: str | None,
+    verified: bool = True,
 ) -> tuple[dict[str, Any], bool]:
-    """Insert a vote, or replace this user's earlier vote on the same completion.
+    """Insert a vote, or replace this user's earlier verified vote on the same
+    completion from the same source (an agent's vote never replaces a widget
+    vote, nor back). An unverified vote (a user the caller only claims) is always
+    a new row: it replaces nothing and nothing replaces it.
 
-    One statement: the upsert on (completion, user) makes concurrent votes of
-    one user leave one row, and the foreign key doubles as the check that the
-    completion exists. Returns the stored vote and whether it replaced one.
+    One statement: the upsert makes concurrent votes of one user leave one row,
+    and the foreign key doubles as the check that the completion exists.
+    Returns the stored vote and whether it replaced one.
     """
     now = utcnow()
     stamp, vote_id = tx.timestamp(now), new_id()
     params = (vote_id, completion_id, rating, reason, comment, source, user_ref, api_key_id)
     try:
-        stored_id, created = tx.one(VOTE_UPSERT, (*params, stamp, stamp))
+        stored_id, created = tx.one(
+            VOTE_UPSERT if verified else VOTE_INSERT, (*params, verified, stamp, stamp)
+        )
     except tx.integrity_error as error:
         raise NotFoundError(f"completion {completion_id!r} does not exist") from error
     replaced = stored_id != vote_id
-    row = dict(zip(VOTE_COLUMNS, params, strict=True))
+    row = dict(zip(VOTE_COLUMNS, (*params, verified), strict=True))
     # A new vote was created just now; a replaced one keeps its creation time.
     row.update(id=stored_id, created_at=tx.read_timestamp(created) if replaced else now)
     row["updated_at"] = now
     return row, replaced
+
+
+def change_vote(
+    tx: RawTx,
+    *,
+    vote_id: str,
+    completion_id: str,
+    rating: str,
+    reason: str | None,
+    comment: str | None,
+) -> dict[str, Any] | None:
+    """Change one vote, found by its id (and completion), in one statement; None if gone."""
+    now = utcnow()
+    params = (rating, reason, comment, tx.timestamp(now), vote_id, completion_id)
+    row = tx.one(VOTE_CHANGE, params)
+    if row is None:
+        return None
+    vote = dict(zip((*VOTE_COLUMNS, "created_at"), row, strict=True))
+    vote.update(verified=bool(vote["verified"]), created_at=tx.read_timestamp(row[-1]))
+    vote["updated_at"] = now
+    return vote
 
 
 def claim_key(tx: RawTx, *, api_key_id: str, key: str, request_hash: str) -> bool:
@@ -293,3 +338,21 @@ def get_key(tx: RawTx, *, api_key_id: str, key: str) -> tuple[str, int, str] | N
 
 def complete_key(tx: RawTx, *, api_key_id: str, key: str, status: int, body: str) -> None:
     tx.one(KEY_COMPLETE, (status, body, api_key_id, key))
+
+
+def get_vote(tx: RawTx, vote_id: str) -> dict[str, Any] | None:
+    """A stored vote as :func:`record_vote` returns it, or None."""
+    row = tx.one(VOTE_GET, (vote_id,))
+    if row is None:
+        return None
+    vote = dict(zip((*VOTE_COLUMNS, "created_at", "updated_at"), row, strict=True))
+    vote["verified"] = bool(vote["verified"])
+    vote["created_at"] = tx.read_timestamp(vote["created_at"])
+    vote["updated_at"] = tx.read_timestamp(vote["updated_at"])
+    return vote
+
+
+def prune_keys(tx: RawTx, *, before: datetime, limit: int) -> None:
+    """Delete at most ``limit`` idempotency records created before ``before``."""
+    sql = KEY_PRUNE.format(lock="" if tx.sqlite else " FOR UPDATE SKIP LOCKED")
+    tx.one(sql, (tx.timestamp(before), limit))

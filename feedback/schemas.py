@@ -73,12 +73,31 @@ class CompletionIn(Input):
     metadata: Annotated[dict[str, Any], AfterValidator(_clean_json)] = Field(default_factory=dict)
 
 
+# A signed vote token (feedback.auth.mint_vote_token): its user is at most 256
+# characters, 1,536 once JSON-escaped, so the base64 token stays under 2,200.
+VoteTokenText = _text(4096)
+
+
 class FeedbackIn(Input):
     completion_id: _text(32)
     rating: Rating
     reason: ShortText | None = None
     comment: Text | None = None
-    user: UserRef | None = None
+    user: UserRef | None = Field(
+        None,
+        description="The end user voting. From a widget key without `token` it is only "
+        "claimed: the vote is stored unverified, replaces nothing and nothing replaces it.",
+    )
+    token: VoteTokenText | None = Field(
+        None,
+        description="A signed vote token: from `POST /v1/vote-tokens` (the vote is its "
+        "user's, verified), or the `token` an unverified vote got back (changes that vote).",
+    )
+
+
+class VoteTokenIn(Input):
+    completion_id: _text(32)
+    user: UserRef
 
 
 class CorrectionIn(Input):
@@ -115,6 +134,21 @@ class FeedbackOut(BaseModel):
     created_at: datetime
     updated_at: datetime
     replaced: bool = False
+    verified: bool = Field(
+        True, description="Whether the user is known: a signed token's, or an agent's say."
+    )
+    token: str | None = Field(
+        None,
+        description="A new unverified vote only: a vote token that changes this vote (its "
+        "rating, reason, comment) later.",
+    )
+
+
+class VoteTokenOut(BaseModel):
+    token: str
+    completion_id: str
+    user: str
+    expires_at: datetime
 
 
 class CorrectionOut(BaseModel):

@@ -52,6 +52,7 @@ def feedback_out(f: Feedback | dict, replaced: bool = False) -> dict:
         "created_at": f["created_at"].isoformat(),
         "updated_at": f["updated_at"].isoformat(),
         "replaced": replaced,
+        "verified": f["verified"],
     }
 
 

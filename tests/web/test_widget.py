@@ -97,3 +97,64 @@ def test_the_script_is_served_for_other_sites_and_holds_no_key(site):
     # Text goes into the page as text only: no HTML parsing of anything, no eval.
     assert HTML_SINKS.search(response.text) is None
     assert requests.get(f"{site.url}/widget.css", timeout=10).status_code == 200
+
+
+def _signed_page(host, path: str, site, key: str, answers: list[tuple[str, str | None]]) -> str:
+    """A chat page whose backend signed some answers' votes (``data-tuneback-token``)."""
+    marks = "".join(
+        f'<div class="answer"><div data-tuneback-completion="{cid}"'
+        + (f' data-tuneback-token="{token}"' if token else "")
+        + "></div></div>"
+        for cid, token in answers
+    )
+    host.pages[path] = (
+        "<!doctype html><html lang=en><head><meta charset=utf-8><title>Signed chat</title>"
+        f'<script src="{site.url}/widget.js" data-key="{key}" defer></script></head>'
+        f"<body><main id=chat>{marks}</main></body></html>"
+    )
+    return host.url + path
+
+
+def test_a_signed_answer_votes_as_its_user_and_an_unsigned_one_stays_unverified(page, site, hosts):
+    allowed, _ = hosts
+    signed, unsigned = site.completion("Fees?", "None."), site.completion("Hours?", "9 to 5.")
+    minted = requests.post(
+        f"{site.url}/v1/vote-tokens",
+        json={"completion_id": signed, "user": "user-42"},
+        headers={"Authorization": f"Bearer {site.keys['server']}"},
+        timeout=10,
+    )
+    assert minted.status_code == 200, minted.text
+    key = site.widget_key(allowed.url)
+    page.goto(
+        _signed_page(
+            allowed, "/signed", site, key, [(signed, minted.json()["token"]), (unsigned, None)]
+        )
+    )
+    for cid in (signed, unsigned):
+        host = page.locator(f'[data-tuneback-completion="{cid}"]')
+        host.get_by_role("button", name="Bad answer").click()
+        host.and_(page.locator('[data-tuneback-state="sent"]')).wait_for()
+    first = page.locator(f'[data-tuneback-completion="{signed}"]')
+    first.get_by_role("button", name="Good answer").click()
+    page.wait_for_function("document.querySelector('.tuneback-up[aria-pressed=\"true\"]') !== null")
+    first.and_(page.locator('[data-tuneback-state="sent"]')).wait_for()
+    _, votes, _ = site.detail(signed)
+    assert [(v.rating, v.user_ref, v.verified) for v in votes] == [("up", "user-42", True)]
+    _, votes, _ = site.detail(unsigned)
+    assert [(v.rating, v.verified) for v in votes] == [("down", False)]
+    assert votes[0].user_ref.startswith("anon-")  # the browser's claim, kept as such
+
+
+def test_an_unverified_vote_is_changed_not_doubled_after_a_reload(page, site, hosts):
+    allowed, _ = hosts
+    cid = site.completion("Can I change my PIN?", "Yes, at any ATM.")
+    url = allowed.chat_page("/reload", site.url, site.widget_key(allowed.url), [cid])
+    page.goto(url)
+    page.get_by_role("button", name="Bad answer").click()
+    page.locator('[data-tuneback-state="sent"]').wait_for()
+    page.goto(url)  # the same browser, later: its vote's token was kept
+    page.get_by_role("button", name="Good answer").click()
+    page.locator('[data-tuneback-state="sent"]').wait_for()
+    _, votes, _ = site.detail(cid)
+    assert [v.rating for v in votes] == ["up"]

@@ -2,11 +2,15 @@
  *
  * Include it once, with the page's public widget key (never an agent, server or admin key):
  *   <script src="https://TUNEBACK/widget.js" data-key="tb_..." defer></script>
- * and mark each answer with its completion id:
- *   <div data-tuneback-completion="COMPLETION_ID"></div>
- * Answers added later are found automatically, or call TunebackWidget.attach(element, id).
- * Optional attributes on the script tag: data-user (your id for the end user; default a
- * random id kept in localStorage), data-comment="off" (no comment box),
+ * and mark each answer with its completion id, and, where the chat page's backend signs
+ * votes, with the vote token it got for this answer and user (POST /v1/vote-tokens):
+ *   <div data-tuneback-completion="COMPLETION_ID" data-tuneback-token="TOKEN"></div>
+ * Without a token the vote is unverified: it replaces no one's, and its answer carries a
+ * token for that one vote (kept in localStorage until it expires), so a second click or a
+ * comment changes this browser's vote instead of adding one.
+ * Answers added later are found automatically, or call TunebackWidget.attach(element, id[, token]).
+ * Optional attributes on the script tag: data-user (the user an unsigned vote claims; default
+ * a random id kept in localStorage), data-comment="off" (no comment box),
  * data-css="off" (bring your own styles for the .tuneback-* classes).
  *
  * Votes go to POST /v1/feedback with an Idempotency-Key per action, so a retry after a
@@ -37,8 +41,45 @@
       if (!known) { known = "anon-" + randomId(); window.localStorage.setItem("tuneback-user", known); }
       return known;
     } catch (e) {
-      return null; /* storage blocked: each vote counts as an anonymous user */
+      return null; /* storage blocked: the vote names no user */
     }
+  }
+
+  /* Tokens for this browser's unverified votes, by completion id, dropped once expired. */
+  var STORE = "tuneback-votes";
+  var MAX_KEPT = 200;
+
+  function expiry(token) {
+    try {
+      var payload = token.split(".")[1].replace(/-/g, "+").replace(/_/g, "/");
+      return JSON.parse(window.atob(payload))[2] * 1000;
+    } catch (e) {
+      return 0;
+    }
+  }
+
+  function keptTokens() {
+    try {
+      var all = JSON.parse(window.localStorage.getItem(STORE) || "{}");
+      return all && typeof all === "object" ? all : {};
+    } catch (e) {
+      return {}; /* storage blocked or garbled: tokens last for the page view */
+    }
+  }
+
+  function keptToken(completionId) {
+    var token = keptTokens()[completionId];
+    return typeof token === "string" && expiry(token) > Date.now() + 60000 ? token : null;
+  }
+
+  function keepToken(completionId, token) {
+    var all = keptTokens(), now = Date.now();
+    if (token === null) { delete all[completionId]; }
+    var ids = Object.keys(all).filter(function (id) { return typeof all[id] === "string" && expiry(all[id]) > now; });
+    var kept = {};
+    ids.slice(-(MAX_KEPT - 1)).forEach(function (id) { kept[id] = all[id]; });
+    if (token !== null) { kept[completionId] = token; }
+    try { window.localStorage.setItem(STORE, JSON.stringify(kept)); } catch (e) { /* blocked: fine */ }
   }
 
   function addStyles() {
@@ -59,7 +100,10 @@
       headers: { "Authorization": "Bearer " + KEY, "Content-Type": "application/json", "Idempotency-Key": idemKey },
       body: JSON.stringify(body)
     }).then(function (response) {
-      if (response.ok) { done(null); return; }
+      if (response.ok) {
+        response.json().then(function (data) { done(null, data); }, function () { done(null, null); });
+        return;
+      }
       var transient = response.status === 429 || response.status >= 500;
       if (transient && attempt < DELAYS.length) {
         var wait = Number(response.headers.get("Retry-After")) * 1000 || DELAYS[attempt];
@@ -67,8 +111,8 @@
         return;
       }
       response.json().then(function (data) {
-        done((data && data.error && data.error.message) || ("HTTP " + response.status));
-      }, function () { done("HTTP " + response.status); });
+        done((data && data.error && data.error.message) || ("HTTP " + response.status), null, response.status);
+      }, function () { done("HTTP " + response.status, null, response.status); });
     }, function () {
       /* Network error, or the browser refused the answer (origin not allowed). */
       if (attempt < DELAYS.length) {
@@ -113,11 +157,12 @@
     return ui;
   }
 
-  function attach(host, completionId) {
+  function attach(host, completionId, signed) {
     if (!host || !completionId || host.getAttribute("data-tuneback-state")) { return; }
+    signed = signed || host.getAttribute("data-tuneback-token");
     var ui = controls();
     host.appendChild(ui.box);
-    var rating = null;
+    var rating = null, own = null; /* own: this vote's token, if storage is blocked */
     function setState(state, message) {
       host.setAttribute("data-tuneback-state", state);
       ui.status.textContent = message;
@@ -126,12 +171,24 @@
     }
     function vote(choice, comment) {
       var body = { completion_id: completionId, rating: choice };
-      var user = userRef();
+      var token = signed || keptToken(completionId) || own;
+      var user = token ? null : userRef(); /* a token names the user itself */
+      if (token) { body.token = token; }
       if (user) { body.user = user; }
       if (comment) { body.comment = comment; }
       setState("sending", "Sending\u2026");
-      send(body, "tbw-" + randomId(), 0, function (error) {
+      send(body, "tbw-" + randomId(), 0, function (error, data, status) {
+        if (error && (status === 403 || status === 404) && token && !signed) {
+          keepToken(completionId, null); /* our vote's token is no longer valid: vote anew */
+          own = null;
+          vote(choice, comment);
+          return;
+        }
         if (error) { setState("error", "Your feedback was not sent: " + error + ". Please try again."); return; }
+        if (!signed && data && typeof data.token === "string") {
+          own = data.token;
+          keepToken(completionId, own);
+        }
         rating = choice;
         ui.up.setAttribute("aria-pressed", String(choice === "up"));
         ui.down.setAttribute("aria-pressed", String(choice === "down"));
