@@ -322,7 +322,7 @@ class Settings(BaseSettings):
         24,
         gt=0,
         description="How long a signed vote token (`POST /v1/vote-tokens`, or the one an "
-        "anonymous widget vote gets back) lets its holder vote as its user.",
+        "unverified widget vote gets back) lets its holder vote as its user, or change that vote.",
     )
     idempotency_hours: float = Field(
         24,
