@@ -28,7 +28,7 @@ from typing import Any
 
 from flask import current_app, g, request
 
-from feedback import rawsql
+from feedback import rawsql, writer
 from feedback.exceptions import ConflictError, IdempotencyKeyReusedError, InvalidInputError
 from feedback.models import utcnow
 
@@ -78,21 +78,24 @@ def run_write(
     """
     key = _header_key()
     if key is None:
-        with transaction as tx:
-            body, status = action(tx)
+        body, status = writer.run(transaction, action)
         return body, status, {}
     owner, fingerprint = g.caller.id, _fingerprint()
-    with transaction as tx:
+
+    def claim_and_act(tx: rawsql.RawTx) -> tuple[bool, Any, Any, Any]:
+        # A job of feedback.writer: on SQLite it runs on the group-commit thread.
         if rawsql.claim_key(tx, api_key_id=owner, key=key, request_hash=fingerprint):
             body, status = action(tx)
             kept = body if replay is None else {KEPT: replay.keep(body)}
             text = json.dumps(kept, default=str)
             rawsql.complete_key(tx, api_key_id=owner, key=key, status=status, body=text)
-            claimed = True
-        else:
-            claimed, stored = False, rawsql.get_key(tx, api_key_id=owner, key=key)
-            if stored is not None and stored[0] == fingerprint:
-                body, status = _replayed(tx, stored, replay)
+            return True, None, body, status
+        stored = rawsql.get_key(tx, api_key_id=owner, key=key)
+        if stored is not None and stored[0] == fingerprint:
+            return False, stored, *_replayed(tx, stored, replay)
+        return False, stored, None, None
+
+    claimed, stored, body, status = writer.run(transaction, claim_and_act)
     if claimed:
         _maybe_prune()
         return body, status, {}
