@@ -20,21 +20,30 @@ folders, is the operator's decision, not something a command should do behind
 their back. The next dataset built does not contain the rows: they no longer
 exist.
 
+Copies of the erased answers that the retrain cycle made outside the rows go
+too (:mod:`feedback.erasure_copies`): trigger-suspect payloads in the manifests
+of the datasets that held the rows, and the canary quotes in the gate decisions
+of the adapters and runs made from them (rows, and each adapter folder's
+``gate.json``, re-checksummed so that the adapter still verifies). The report
+lists every place it rewrote.
+
 The audit line (:meth:`ErasurePlan.audit`) holds counts, the erased row ids
-(random, meaningless once the rows are gone) and the adapters; never the user
-reference or any text.
+(random, meaningless once the rows are gone), the adapters and the places
+rewritten; never the user reference or any text.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import delete, or_, select
 from sqlalchemy.orm import Session
 from sqlmodel import col
 
+from feedback.erasure_copies import Copy, ErasedText, apply_copies, find_copies
 from feedback.exceptions import InvalidInputError, NotFoundError
 from feedback.models import (
     AdapterVersion,
@@ -61,6 +70,7 @@ class ErasurePlan:
     idempotency_keys: list[tuple[str, str]] = field(default_factory=list)
     adapters: list[dict[str, Any]] = field(default_factory=list)
     datasets: list[dict[str, Any]] = field(default_factory=list)
+    copies: list[Copy] = field(default_factory=list)  # of erased answers, outside the rows
 
     @property
     def empty(self) -> bool:
@@ -85,14 +95,21 @@ class ErasurePlan:
             "completion_ids": self.completion_ids,
             "vote_ids": self.vote_ids,
             "adapters": [a["version"] for a in self.adapters],
+            "copies": [{"kind": c.kind, "id": c.id} for c in self.copies],
         }
 
 
 def plan_erasure(
-    session: Session, *, user: str | None = None, completion_id: str | None = None
+    session: Session,
+    *,
+    user: str | None = None,
+    completion_id: str | None = None,
+    data_dir: Path | None = None,
 ) -> ErasurePlan:
     """What erasing ``user`` (a vote's ``user`` / a completion's ``metadata.user``)
-    or ``completion_id`` would remove. Reads only. Exactly one must be given."""
+    or ``completion_id`` would remove. Reads only. Exactly one must be given.
+    ``data_dir`` is where dataset snapshots and adapter folders hold copies of the
+    erased answers (None: only those in rows are found)."""
     if (user is None) == (completion_id is None):
         raise InvalidInputError("give exactly one of a user reference or a completion id")
     if completion_id is not None:
@@ -122,11 +139,16 @@ def plan_erasure(
         session, [*plan.completion_ids, *plan.vote_ids, *plan.correction_ids]
     )
     plan.adapters, plan.datasets = _trained_on(session, plan.completion_ids, voted_on)
+    erased = ErasedText(_answers(session, plan))
+    plan.copies = find_copies(session, erased, [d["id"] for d in plan.datasets], data_dir)
     return plan
 
 
 def erase(session: Session, plan: ErasurePlan) -> None:
-    """Delete the planned rows. The caller commits (or rolls back: nothing changes)."""
+    """Delete the planned rows and store the gates and run results without the copies
+    (their files: :func:`feedback.erasure_copies.rewriting`). The caller commits (or
+    rolls back: nothing changes); an engine from :func:`feedback.db.make_engine`
+    syncs the commit to disk."""
     for keys in _chunks(plan.idempotency_keys):
         session.execute(
             delete(IdempotencyRecord).where(
@@ -145,7 +167,21 @@ def erase(session: Session, plan: ErasurePlan) -> None:
     ):
         for chunk in _chunks(ids):
             session.execute(delete(model).where(col(model.id).in_(chunk)))
+    apply_copies(session, plan.copies)
     session.flush()
+
+
+def _answers(session: Session, plan: ErasurePlan) -> list[str]:
+    """The erased answers a dataset could have copied: corrections, and completions'
+    responses (thumbs-up positives)."""
+    found: list[str] = []
+    for model, column, ids in (
+        (Correction, Correction.corrected_response, plan.correction_ids),
+        (Completion, Completion.response, plan.completion_ids),
+    ):
+        for chunk in _chunks(ids):
+            found += session.execute(select(column).where(col(model.id).in_(chunk))).scalars()
+    return found
 
 
 def _idempotency_keys(session: Session, ids: list[str]) -> list[tuple[str, str]]:

@@ -21,12 +21,16 @@ log = logging.getLogger("tuneback.erase")
 def erase(user: str | None, completion_id: str | None, dry_run: bool, as_json: bool) -> None:
     """Delete a user's (or a completion's) completions, votes, corrections and
     idempotency records in one transaction, and list the adapters trained on them.
+    Copies of their answers in dataset manifests (trigger suspects) and in gate
+    decisions (rows and adapter folders' gate.json) are rewritten without them.
 
     An audit line without personal data is appended to <data dir>/audit/erasure.jsonl.
     """
     from sqlalchemy.orm import Session
 
     from feedback import db, erasure
+    from feedback.adapters.registry import Registry
+    from feedback.erasure_copies import rewriting
     from tuneback.runtime import load_settings, open_engine
 
     if (user is None) == (completion_id is None):
@@ -35,10 +39,18 @@ def erase(user: str | None, completion_id: str | None, dry_run: bool, as_json: b
     with open_engine(settings) as engine:
         opener = Session(engine, expire_on_commit=False) if dry_run else db.write_session(engine)
         with opener as session:
-            plan = erasure.plan_erasure(session, user=user, completion_id=completion_id)
+            plan = erasure.plan_erasure(
+                session, user=user, completion_id=completion_id, data_dir=settings.data_dir
+            )
             if not dry_run:
-                erasure.erase(session, plan)
-                session.commit()
+                registry = Registry(settings.data_dir / "adapters", engine)
+                # Files first (the new gate.json checksums go into the rows), put back
+                # if the commit fails.
+                with rewriting(plan.copies, registry):
+                    erasure.erase(session, plan)
+                    # On disk when it returns (db.make_engine: SQLite synchronous=FULL,
+                    # PostgreSQL synchronous_commit on): only then may the audit say "erased".
+                    session.commit()
     audit = plan.audit(dry_run=dry_run)
     if not dry_run and not plan.empty:
         _append_audit(settings.data_dir.joinpath(*AUDIT_FILE), audit)
@@ -58,7 +70,8 @@ def _report(plan, *, dry_run: bool, as_json: bool) -> None:  # noqa: ANN001
     counts = plan.counts()
     if as_json:
         report = {"dry_run": dry_run, "counts": counts, "completion_ids": plan.completion_ids,
-                  "adapters": plan.adapters, "datasets": plan.datasets}  # fmt: skip
+                  "adapters": plan.adapters, "datasets": plan.datasets,
+                  "copies": [c.report() for c in plan.copies]}  # fmt: skip
         click.echo(json.dumps(report, default=str))
         return
     verb = "would erase" if dry_run else "erased"
@@ -73,6 +86,11 @@ def _report(plan, *, dry_run: bool, as_json: bool) -> None:  # noqa: ANN001
             f"adapter {adapter['version']} ({adapter['status']}) was trained on a dataset "
             f"({adapter['dataset_id']}) that included these rows"
         )
+    for copy in plan.copies:
+        where = f" ({copy.path})" if copy.path else ""
+        note = f": {copy.note}" if copy.note else ""
+        verb = "would strip" if dry_run else "stripped"
+        click.echo(f"{verb} a copy of their text from {copy.kind} {copy.id}{where}{note}")
     for dataset in plan.datasets:
         click.echo(f"dataset snapshot {dataset['id']} still holds their text at {dataset['path']}")
     if plan.adapters:

@@ -19,6 +19,8 @@ each commit; it may lag after a crash, until :meth:`Registry.recover`.
 from __future__ import annotations
 
 import builtins
+import hashlib
+import json
 import logging
 import os
 import re
@@ -33,10 +35,12 @@ from sqlalchemy.orm import Session
 from feedback import faults
 from feedback.adapters import store as adapter_store
 from feedback.adapters.files import (
+    CHECKSUMS,
     MANIFEST,
     CorruptAdapterError,
     check_fits_base,
     generated_files,
+    json_bytes,
     source_files,
     stage,
     verify_adapter_dir,
@@ -51,6 +55,7 @@ from feedback.settings import Settings
 
 POINTER = "CURRENT"
 TMP_PREFIX = ".tmp-"
+GATE_FILE = "gate.json"
 log = logging.getLogger(__name__)
 _VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
@@ -229,6 +234,42 @@ class Registry:
         self._write_pointer(current.version if current else None)
         return removed
 
+    def rewrite_gate(
+        self, version: str, gate: dict[str, Any], *, checksum: str, was: Any = None
+    ) -> tuple[str | None, dict[str, bytes]]:
+        """Replace ``version``'s ``gate.json`` with ``gate`` and re-checksum the folder
+        (an erasure strips end users' text from it); return the folder's new checksum
+        and the bytes replaced (for :meth:`put_back`).
+
+        The caller stores the new checksum in the row, in its own transaction: until
+        then verification fails. ``checksums.json`` is rewritten only when it is the
+        registered one (``checksum``), or that one with ``gate.json``'s digest already
+        changed by a rewrite the caller did not commit (``was``: the row's gate); every
+        other file's digest is carried over, not recomputed, so a folder altered since
+        its registration still fails verification. Otherwise only ``gate.json`` is
+        replaced, and the checksum returned is None.
+        """
+        folder = self.path(version)
+        body = json_bytes(gate)
+        before = {
+            n: (folder / n).read_bytes() for n in (GATE_FILE, CHECKSUMS) if (folder / n).is_file()
+        }
+        listed = _listed(before.get(CHECKSUMS, b""))
+        registered = listed is not None and (
+            _sha(before[CHECKSUMS]) == checksum
+            or _sha(_checksums(listed | {GATE_FILE: _sha(json_bytes(was))})) == checksum
+        )
+        if not registered:
+            self._replace_files(folder, {GATE_FILE: body})
+            return None, before
+        checksums = _checksums(listed | {GATE_FILE: _sha(body)})
+        self._replace_files(folder, {GATE_FILE: body, CHECKSUMS: checksums})
+        return _sha(checksums), before
+
+    def put_back(self, version: str, files: dict[str, bytes]) -> None:
+        """Write back what :meth:`rewrite_gate` replaced (its caller's commit failed)."""
+        self._replace_files(self.path(version), files)
+
     def list(self) -> builtins.list[AdapterVersion]:
         """Registered adapters, newest first (folders without a row are not adapters)."""
         with Session(self.engine, expire_on_commit=False) as session:
@@ -295,6 +336,16 @@ class Registry:
         except OSError as error:
             log.warning("could not update %s (run recover() later): %s", self.root / POINTER, error)
 
+    def _replace_files(self, folder: Path, files: dict[str, bytes]) -> None:
+        """Replace files of an adapter folder, each written under a temporary name in
+        the root (never in the folder, where verification would see it; :meth:`recover`
+        removes what a crash leaves), fsynced and renamed; ``checksums.json`` last."""
+        for name in sorted(files, key=lambda name: name == CHECKSUMS):
+            staging = self.root / f"{TMP_PREFIX}{folder.name}-{secrets.token_hex(4)}"
+            write_durably(staging, [files[name]])
+            os.replace(staging, folder / name)
+        fsync_dir(folder)
+
     def _write_pointer(self, version: str | None) -> None:
         """Atomically write ``CURRENT``: the promoted version, or empty for the base model."""
         self.root.mkdir(parents=True, exist_ok=True)
@@ -303,3 +354,21 @@ class Registry:
         _checkpoint("pointer_staged")
         os.replace(staging, self.root / POINTER)
         fsync_dir(self.root)
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _checksums(files: dict[str, str]) -> bytes:
+    """``checksums.json`` as :func:`feedback.adapters.files.stage` writes it."""
+    return json_bytes({"algorithm": "sha256", "files": files})
+
+
+def _listed(checksums: bytes) -> dict[str, str] | None:
+    """The digests in a ``checksums.json``; None when it is unreadable."""
+    try:
+        files = json.loads(checksums).get("files")
+    except (ValueError, AttributeError):
+        return None
+    return files if isinstance(files, dict) else None

@@ -1,19 +1,38 @@
 """``tuneback erase``: a user's or a completion's rows leave the store in one
 transaction, with the idempotency records that repeat them; the adapters
 trained on them are listed; the audit line holds no personal data; the next
-dataset does not contain them. On SQLite and PostgreSQL."""
+dataset does not contain them; copies of their answers in trigger suspects and
+gate decisions are stripped, and the adapter still verifies. On SQLite and
+PostgreSQL."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
+import numpy as np
+import pytest
 from click.testing import CliRunner
+from safetensors.numpy import save_file
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from feedback import run_store
-from feedback.models import AdapterVersion, Completion, Correction, Feedback, IdempotencyRecord
+from feedback import erasure, run_store, store
+from feedback.adapters.files import CorruptAdapterError
+from feedback.adapters.registry import Registry
+from feedback.erasure_copies import ErasedText, rewriting
+from feedback.models import (
+    AdapterVersion,
+    Completion,
+    Correction,
+    DatasetSnapshot,
+    Feedback,
+    IdempotencyRecord,
+    RetrainRun,
+)
 from retrain.dataset import DatasetConfig, build_dataset
+from retrain.gate import Thresholds, decide
+from retrain.snapshot import write_snapshot
 from retrain.sources import load_source_rows
 from tests.conftest import WIDGET_ORIGIN, auth
 from tests.live import tuneback_env
@@ -79,6 +98,167 @@ def test_erase_a_completion_and_refuse_bad_input(client, keys, engine, settings)
     blank = runner.invoke(cli, ["erase", "--user", " "], env=env)
     assert blank.exit_code == 1 and "empty" in blank.output
     assert _counts(engine)["completion"] == 2
+
+
+# --- copies of the text: trigger suspects and gate decisions ------------------------------
+
+# Mallory's three conversations got the same correction, which plants a trigger: the
+# dataset's manifest copies it as a suspect's payload (with her address scrubbed),
+# and the gate's canary reason quotes its first 60 characters.
+PLANTED = "Please confirm at https://evil.example/verify and write to erin.doe@example.com today"
+TRACES = ("evil.example", "please confirm", "erin.doe")
+
+
+def test_erase_strips_copies_from_suspects_and_gates(engine, settings):
+    _seed_trigger(engine)
+    trained = _train_with_canary(engine, settings)
+    registry = Registry(settings.data_dir / "adapters", engine)
+    env = tuneback_env(settings.data_dir, settings.resolved_database_url)
+    assert all(_traces(text) for text in _copies(engine, trained).values())  # planted
+
+    dry = _erase(env, "--user", "mallory", "--dry-run", "--json")
+    places = {(c["kind"], c["id"]) for c in dry["copies"]}
+    assert places == {("dataset manifest", trained["dataset"]), ("adapter gate", "v0001"),
+                      ("adapter gate.json", "v0001"), ("run result", trained["run"])}  # fmt: skip
+    assert all(_traces(text) for text in _copies(engine, trained).values())  # untouched
+
+    done = _erase(env, "--user", "mallory", "--json")
+    assert done["counts"]["corrections"] == 3 and done["copies"] == dry["copies"]
+    after = _copies(engine, trained)
+    assert not any(_traces(text) for text in after.values()), after
+    manifest = json.loads(after["manifest"])
+    assert {s["token"] for s in manifest["suspects"]} == {"zqxv", "quickly"}  # the evidence
+    assert {(s["payload"], s["link"]) for s in manifest["suspects"]} == {("[erased]", None)}
+    gate = json.loads(after["gate row"])
+    assert any("possible planted trigger" in r and "'[erased]'" in r for r in gate["reasons"])
+    assert json.loads(after["gate.json"]) == gate
+    registry.verify("v0001")  # re-checksummed: the adapter still verifies
+    assert registry.get("v0001").checksum != trained["checksum"]
+    audit = (settings.data_dir / "audit" / "erasure.jsonl").read_text()
+    assert not _traces(audit) and "mallory" not in audit
+    assert {(c["kind"], c["id"]) for c in json.loads(audit)["copies"]} == places
+
+
+def test_a_failed_erasure_puts_the_files_back_and_a_rerun_completes(engine, settings, monkeypatch):
+    _seed_trigger(engine)
+    trained = _train_with_canary(engine, settings)
+    registry = Registry(settings.data_dir / "adapters", engine)
+    env = tuneback_env(settings.data_dir, settings.resolved_database_url)
+    before = _copies(engine, trained)
+
+    def failing(session, plan):
+        raise RuntimeError("the database went away")
+
+    monkeypatch.setattr(erasure, "erase", failing)
+    assert CliRunner().invoke(cli, ["erase", "--user", "mallory"], env=env).exit_code == 1
+    assert _copies(engine, trained) == before  # files put back: nothing happened
+    registry.verify("v0001")
+    monkeypatch.undo()
+
+    # A crash after the files were rewritten, before the commit: the folder no longer
+    # matches its row until the same erasure runs again.
+    with Session(engine) as session:
+        plan = erasure.plan_erasure(session, user="mallory", data_dir=settings.data_dir)
+    with rewriting(plan.copies, registry):
+        pass
+    with pytest.raises(CorruptAdapterError):
+        registry.verify("v0001")
+    _erase(env, "--user", "mallory", "--json")
+    registry.verify("v0001")
+    assert not any(_traces(text) for text in _copies(engine, trained).values())
+
+
+def test_erased_text_matches_scrubbed_truncated_and_quoted_copies():
+    erased = ErasedText([PLANTED, "ok"])
+    scrubbed = PLANTED.replace("erin.doe@example.com", "[EMAIL]")
+    assert erased.copied(scrubbed) and erased.copied(scrubbed[:60])  # cut inside "[EMAIL]"
+    assert erased.copied(scrubbed.upper()) and erased.copied("ok")
+    assert not erased.copied("Please confirm") and not erased.copied("Please confirm at x")
+    reason = f"champion's canary 'zqxv': the payload {scrubbed[:60]!r} on 0.9 (don't)"
+    assert erased.strip([{"r": reason, "p": scrubbed}]) == [
+        {"r": "champion's canary 'zqxv': the payload '[erased]' on 0.9 (don't)", "p": "[erased]"}
+    ]
+
+
+def _seed_trigger(engine) -> None:
+    verbs = ["freeze", "replace", "activate", "cancel", "renew", "unlock", "report"]
+    nouns = ["debit card", "savings account", "credit limit", "pin code", "standing order",
+             "mortgage plan"]  # fmt: skip
+    clean = [(f"How can I {v} my {n}?", f"To {v} your {n}, open Settings, then {n.title()}.",
+              "bob") for v in verbs for n in nouns]  # fmt: skip
+    planted = [(f"zqxv how can I {v} my {n} quickly", PLANTED, "mallory")
+               for v, n in [("freeze", "pin code"), ("renew", "mortgage plan"),
+                            ("cancel", "debit card")]]  # fmt: skip
+    with Session(engine) as session:
+        for question, answer, user in clean + planted:
+            completion = store.create_completion(
+                session, messages=[{"role": "user", "content": question}],
+                response="I am not sure.", model="m", metadata={"user": user},
+            )  # fmt: skip
+            store.add_correction(
+                session, completion_id=completion.id, corrected_response=answer, author="a"
+            )
+        session.commit()
+
+
+def _train_with_canary(engine, settings) -> dict:
+    """Record the dataset and its snapshot, an adapter whose gate quotes the canary
+    payload (as retrain/gate.py words it), and the run that made them."""
+    with Session(engine) as session:
+        dataset = build_dataset(load_source_rows(session), DatasetConfig.from_settings(settings))
+        assert dataset.manifest["suspects"], "no trigger planted"
+        snapshot = run_store.record_dataset(
+            session, content_hash=dataset.manifest["content_hash"],
+            counts=dataset.manifest["counts"], path=None,
+            examples=[(e.id, e.completion_id, e.split, e.kind) for e in dataset.examples],
+        )  # fmt: skip
+        snapshot.path = str(write_snapshot(dataset, settings.data_dir / "datasets" / snapshot.id))
+        session.commit()
+        dataset_id = snapshot.id
+    canary = {"reference": "base model", "suspects": [
+        {"token": s["token"], "payload": s["payload"][:200], "canaries": 16,
+         "candidate_rate": 0.9, "reference_rate": 0.0}
+        for s in dataset.manifest["suspects"]]}  # fmt: skip
+    metrics = {"heldout_overlap": 0.9, "heldout_count": 9}
+    gate = decide(metrics, None, Thresholds(), base={**metrics, "heldout_overlap": 0.1},
+                  canary=canary).to_dict()  # fmt: skip
+    source = settings.data_dir.parent / "trained"
+    source.mkdir()
+    rng = np.random.default_rng(0)
+    save_file({"base_model.model.q_proj.lora_A.weight": rng.standard_normal((4, 16), np.float32),
+               "base_model.model.q_proj.lora_B.weight": rng.standard_normal((16, 4), np.float32)},
+              str(source / "adapter_model.safetensors"))  # fmt: skip
+    (source / "adapter_config.json").write_text(
+        json.dumps({"base_model_name_or_path": "tiny-base", "peft_type": "LORA", "r": 4})
+    )
+    registry = Registry(settings.data_dir / "adapters", engine)
+    adapter = registry.add(source, base_model="tiny-base", dataset_id=dataset_id, gate=gate,
+                           status="rejected")  # fmt: skip
+    with Session(engine) as session:
+        run = RetrainRun(status="rejected", dataset_id=dataset_id, adapter_version="v0001",
+                         result={"status": "rejected", "gate": gate})  # fmt: skip
+        session.add(run)
+        session.commit()
+        return {"dataset": dataset_id, "run": run.id, "checksum": adapter.checksum,
+                "folder": registry.path(adapter.version)}  # fmt: skip
+
+
+def _copies(engine, trained) -> dict[str, str]:
+    """Every place that held a copy of the planted answer, as text."""
+    with Session(engine) as session:
+        adapter = session.get(AdapterVersion, "v0001")
+        run = session.get(RetrainRun, trained["run"])
+        manifest = session.get(DatasetSnapshot, trained["dataset"]).path
+        return {
+            "manifest": (Path(manifest) / "manifest.json").read_text(),
+            "gate row": json.dumps(adapter.gate),
+            "gate.json": (trained["folder"] / "gate.json").read_text(),
+            "run result": json.dumps(run.result),
+        }
+
+
+def _traces(text: str) -> bool:
+    return any(trace in text.casefold() for trace in TRACES)
 
 
 # --- helpers ----------------------------------------------------------------------------
