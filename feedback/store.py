@@ -59,8 +59,17 @@ def create_completion(
     return completion
 
 
+ID_LENGTH = 32  # the most characters of a row id (feedback.models.new_id)
+
+
+def could_be_id(value: str) -> bool:
+    """Whether ``value`` is an id a row could have: at most :data:`ID_LENGTH` characters,
+    no NUL. Anything else is no row, not a query (PostgreSQL refuses NUL: a 500)."""
+    return len(value) <= ID_LENGTH and "\x00" not in value
+
+
 def get_completion(session: Session, completion_id: str) -> Completion:
-    completion = session.get(Completion, completion_id)
+    completion = session.get(Completion, completion_id) if could_be_id(completion_id) else None
     if completion is None:
         raise NotFoundError(f"completion {completion_id!r} does not exist")
     return completion

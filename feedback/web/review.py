@@ -19,7 +19,6 @@ PAGE = 20
 # larger values are clamped, so no query string reaches the database as an integer it
 # cannot hold (that was a 500).
 MAX_OFFSET = 1_000_000
-ID_LENGTH = 32  # a completion id's most characters (feedback.models.Completion.id)
 
 
 def message_text(content: Any) -> str:
@@ -61,7 +60,7 @@ def item(completion_id: str):
     The form is prefilled with the answer itself, never with text from the URL: a link
     must not be able to plant training text that an agent only has to save.
     """
-    if not _could_be_an_id(completion_id):
+    if not store.could_be_id(completion_id):
         return _no_such_answer()
     try:
         completion, votes, fixes = store.completion_detail(request_session(), completion_id)
@@ -79,7 +78,7 @@ def item(completion_id: str):
 @sign_in_required("agent")
 def correct(completion_id: str):
     """Store the corrected answer, then go back to the queue (the item has left it)."""
-    if not _could_be_an_id(completion_id):
+    if not store.could_be_id(completion_id):
         return _no_such_answer()
     text = request.form.get("corrected_response", "")
     note = request.form.get("note", "").strip() or None
@@ -102,12 +101,6 @@ def correct(completion_id: str):
     current_app.extensions["tuneback"].metrics.corrections.inc()
     flash("Correction saved; the answer has left the queue.", "ok")
     return redirect(url_for("review.queue"), code=303)
-
-
-def _could_be_an_id(completion_id: str) -> bool:
-    """Whether a path's id is one the API could have stored (at most 32 characters, no
-    NUL): anything else is no answer, not a query (PostgreSQL refuses NUL: a 500)."""
-    return len(completion_id) <= ID_LENGTH and "\x00" not in completion_id
 
 
 def _no_such_answer() -> tuple[str, int]:

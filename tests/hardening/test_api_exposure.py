@@ -83,3 +83,13 @@ def test_an_openai_text_completion_is_told_what_to_use(api):
     message = caught.value.body["message"]
     assert caught.value.body["code"] == "unsupported_endpoint"
     assert "/v1/chat/completions" in message and "/v1/logged_completions" in message
+
+
+@pytest.mark.parametrize("bad", ["%00", "a%00b", "x" * 33])
+def test_an_id_no_row_can_have_is_a_404_not_a_500(client, keys, bad):
+    """Found beside finding 9: PostgreSQL refuses a NUL in a query, so it was a 500 there."""
+    from tests.conftest import auth
+
+    answer = client.get(f"/v1/completions/{bad}", headers=auth(keys["admin"]))
+    assert answer.status_code == 404
+    assert answer.get_json()["error"]["code"] == "not_found"
