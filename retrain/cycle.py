@@ -111,8 +111,16 @@ def run_cycle(
         raise CycleFailedError(result.reason, result) from error
     finally:
         lease.release()
+        _drop_job_files(work)
     _finish(engine, result)
     return result
+
+
+def _drop_job_files(work: Path) -> None:
+    """Remove the run's child-job files: they copy the training text (and erasure does
+    not look in run folders); the results, the adapter and the log stay."""
+    for job_file in work.glob("*_job.json"):
+        job_file.unlink(missing_ok=True)
 
 
 def _failed(engine: Engine, run_id: str, error: Exception, lease: CycleLease) -> CycleResult:

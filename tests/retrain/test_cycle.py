@@ -287,6 +287,16 @@ def test_the_fake_cycle_promotes_when_the_lease_holds(fake_settings, engine, mon
     assert [a.status for a in adapters(engine)] == ["promoted"]
 
 
+def test_a_finished_cycle_keeps_no_job_file_with_training_text(fake_settings, engine, monkeypatch):
+    """Found beside finding 15: the run folder kept train_job.json, a copy of the
+    corrections that `tuneback erase` does not look for."""
+    seed_corrections(engine)
+    fake_children(monkeypatch, lambda job, job_file: job.save(job_file))
+    result = run_cycle(fake_settings, engine, lease_ttl=timedelta(seconds=2))
+    work = fake_settings.data_dir / "runs" / result.run_id
+    assert (work / "adapter").is_dir() and list(work.glob("*_job.json")) == []
+
+
 def test_a_cycle_whose_lease_is_taken_over_registers_nothing(fake_settings, engine, monkeypatch):
     seed_corrections(engine)
     fake_children(monkeypatch, lambda job, job_file: take_lease(engine))
