@@ -228,7 +228,9 @@ def engine_write(
     writer = sqlite_writer(engine)
     if writer is None:
         return _pooled_write(engine)
-    return writer.transaction(engine, single_statement=single_statement)
+    transaction = writer.transaction(engine, single_statement=single_statement)
+    transaction.group_engine = engine  # feedback.writer runs such a write in a group commit
+    return transaction
 
 
 @contextmanager

@@ -51,7 +51,7 @@ from weakref import WeakKeyDictionary, ref
 
 from sqlalchemy import Engine, event
 
-from feedback.rawsql import RawTx, SQLiteWriter, engine_write
+from feedback.rawsql import RawTx, engine_write
 
 log = logging.getLogger(__name__)
 
@@ -83,18 +83,10 @@ def run(transaction: AbstractContextManager[RawTx], job: Callable[[RawTx], T]) -
 
 
 def _sqlite_engine(transaction: AbstractContextManager) -> Engine | None:
-    """The engine of a ``rawsql.engine_write(engine)`` transaction on SQLite, else None.
-
-    On SQLite that transaction is ``SQLiteWriter.transaction(engine, ...)``, a
-    generator context manager, which keeps the arguments it was called with
-    (``args``): the writer, then the engine. It is never entered here, so the
-    writer's lock is not taken. Anything else (a pooled PostgreSQL write, an ORM
-    session's write) is not recognised and runs as it is.
-    """
-    args = getattr(transaction, "args", ())
-    if len(args) == 2 and isinstance(args[0], SQLiteWriter):
-        return args[1]
-    return None
+    """The engine of a ``rawsql.engine_write(engine)`` transaction on SQLite (it carries
+    it as ``group_engine``), else None: anything else (a pooled PostgreSQL write, an ORM
+    session's write) runs as it is. The transaction is never entered here."""
+    return getattr(transaction, "group_engine", None)
 
 
 class GroupWriter:
