@@ -30,7 +30,7 @@ from limits import RateLimitItem, parse_many, storage, strategies
 
 from feedback.exceptions import TunebackError
 
-EXEMPT_ENDPOINTS = frozenset({"ops.healthz", "ops.metrics", "openapi.spec"})
+EXEMPT_ENDPOINTS = frozenset({"ops.healthz", "openapi.spec"})
 
 
 class RateLimitedError(TunebackError):

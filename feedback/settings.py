@@ -270,8 +270,10 @@ class Settings(BaseSettings):
 
     metrics_key: SecretStr | None = Field(
         None,
-        description="Bearer token that `/metrics` requires from clients off this machine; "
-        "unset, `/metrics` answers loopback clients only (and admin keys).",
+        min_length=16,
+        description="Bearer token (16 characters or more) that `/metrics` requires from "
+        "clients off this machine; unset, `/metrics` answers loopback clients only (and "
+        "admin keys).",
     )
 
     # --- serving: structured output (response_format) -------------------------------

@@ -2,9 +2,10 @@
 
 ``/healthz`` needs no key. ``/metrics`` shows vote volume and the poisoning
 alerts, which an attacker could watch to learn whether a flood was noticed: it
-answers clients on this machine (loopback) alone, unless ``TUNEBACK_METRICS_KEY``
-is set, and then any client that sends it as a bearer token (Prometheus'
-``authorization`` / ``bearer_token`` scrape option); an admin key works too.
+answers clients on this machine (loopback) and admin keys; other clients need
+``TUNEBACK_METRICS_KEY`` as a bearer token (Prometheus' ``authorization`` scrape
+option), and without that setting they are refused. It is rate limited like any
+endpoint, so the key cannot be guessed at speed.
 """
 
 from __future__ import annotations
@@ -52,16 +53,15 @@ def metrics():
 
 
 def _check_scraper(key) -> None:  # noqa: ANN001 - SecretStr | None
+    """Loopback clients and admin keys may read; others need the metrics key, if set."""
     caller = g.get("caller")
-    if caller is not None and caller.role == "admin":
+    if _is_loopback(request.remote_addr) or (caller is not None and caller.role == "admin"):
         return
     if key is None:
-        if not _is_loopback(request.remote_addr):
-            raise ForbiddenError(
-                "metrics are served to clients on this machine only; set "
-                "TUNEBACK_METRICS_KEY to scrape them from elsewhere"
-            )
-        return
+        raise ForbiddenError(
+            "metrics are served to clients on this machine only; set "
+            "TUNEBACK_METRICS_KEY to scrape them from elsewhere"
+        )
     scheme, _, token = request.headers.get("Authorization", "").partition(" ")
     expected = key.get_secret_value().encode()
     if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), expected):

@@ -48,17 +48,31 @@ def test_metrics_answer_loopback_clients_only(api):
 
 def test_with_a_metrics_key_any_client_needs_it(tmp_path):
     env = tuneback_env(
-        tmp_path, f"sqlite:///{tmp_path / 'tuneback.db'}", trusted_proxies=1, metrics_key="s3cret"
+        tmp_path,
+        f"sqlite:///{tmp_path / 'tuneback.db'}",
+        trusted_proxies=1,
+        metrics_key="s3cret-0123456789",
     )
     with LiveServer(env, workers=1) as server:
         url = f"{server.url}/metrics"
         assert requests.get(url, headers=FAR, timeout=10).status_code == 401
-        wrong = {**FAR, "Authorization": "Bearer s3cret-not"}
+        wrong = {**FAR, "Authorization": "Bearer s3cret-0123456789-not"}
         assert requests.get(url, headers=wrong, timeout=10).status_code == 401
-        good = {**FAR, "Authorization": "Bearer s3cret"}
+        good = {**FAR, "Authorization": "Bearer s3cret-0123456789"}
         answer = requests.get(url, headers=good, timeout=10)
         assert answer.status_code == 200 and "tuneback_" in answer.text
-        assert requests.get(url, timeout=10).status_code == 401  # the key binds loopback too
+        assert requests.get(url, timeout=10).status_code == 200  # loopback needs no key
+        empty = {**FAR, "Authorization": "Bearer "}
+        assert requests.get(url, headers=empty, timeout=10).status_code == 401
+
+
+def test_a_short_metrics_key_is_refused():
+    from pydantic import ValidationError
+
+    from feedback.settings import Settings
+
+    with pytest.raises(ValidationError, match="metrics_key"):
+        Settings(metrics_key="")
 
 
 def test_logging_has_its_own_path_and_the_old_one_is_deprecated(api):
