@@ -46,7 +46,7 @@ def test_metrics_answer_loopback_clients_only(api):
     assert requests.get(f"{server.url}/metrics", headers=server_key, timeout=10).status_code == 403
 
 
-def test_with_a_metrics_key_any_client_needs_it(tmp_path):
+def test_with_a_metrics_key_far_clients_need_it(tmp_path):
     env = tuneback_env(
         tmp_path,
         f"sqlite:///{tmp_path / 'tuneback.db'}",
