@@ -47,7 +47,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any, TypeVar
-from weakref import WeakKeyDictionary, ref
+from weakref import WeakKeyDictionary, finalize, ref
 
 from sqlalchemy import Engine, event
 
@@ -101,6 +101,9 @@ class GroupWriter:
         self._pid = 0
         # Before SQLiteWriter's own listener, which closes the connection batches use.
         event.listen(engine, "engine_disposed", lambda _engine: self.close(), insert=True)
+        # An engine dropped without dispose() stops its thread too: nothing can queue
+        # a write for it any more. (SimpleQueue.put is safe in a finalizer.)
+        finalize(engine, self._stop_soon)
 
     def run(self, fn: Callable[[RawTx], T]) -> T:
         """Queue ``fn``, wait for its batch's commit, return its result or raise its error."""
@@ -119,6 +122,10 @@ class GroupWriter:
             self._queue.put(_STOP)
         thread.join()
 
+    def _stop_soon(self) -> None:
+        """Ask the thread to stop after what is queued, without waiting (a finalizer)."""
+        self._queue.put(_STOP)
+
     def _start(self) -> None:
         if self._thread is not None and self._pid == os.getpid():
             return
@@ -131,10 +138,17 @@ class GroupWriter:
         self._thread.start()
 
     def _loop(self, jobs: queue.SimpleQueue) -> None:
-        with _turns(self._engine()) as turn:
-            more = True
-            while more and (first := jobs.get()) is not _STOP:
+        engine = self._engine()
+        if engine is None:
+            return
+        database = engine.url.database
+        del engine  # the thread holds no engine between batches, so it can go away
+        with _turns(database) as turn:
+            while (first := jobs.get()) is not _STOP:
                 more = self._commit(first, jobs, turn)
+                first = None  # nor its last job (whose context can hold the app)
+                if not more:
+                    break
 
     def _commit(self, first: _Job, jobs: queue.SimpleQueue, turn: Callable) -> bool:
         """Run ``first`` and the jobs queued behind it in one transaction, commit it, and
@@ -167,7 +181,7 @@ class GroupWriter:
 
 
 @contextmanager
-def _turns(engine: Engine) -> Iterator[Callable[[], AbstractContextManager]]:
+def _turns(database: str | None) -> Iterator[Callable[[], AbstractContextManager]]:
     """Take turns with the other processes' writers on the same database file.
 
     Waiting for SQLite's own lock, a writer sleeps in its busy handler (1 ms,
@@ -175,7 +189,6 @@ def _turns(engine: Engine) -> Iterator[Callable[[], AbstractContextManager]]:
     gunicorn worker could starve another for tens of milliseconds. A blocked
     ``flock`` wakes as soon as the lock is released.
     """
-    database = engine.url.database
     if database in (None, "", ":memory:"):  # no other process can open it
         yield nullcontext
         return
