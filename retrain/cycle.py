@@ -106,21 +106,24 @@ def run_cycle(
     try:
         recover(settings, engine, run)
         result = _Cycle(settings, engine, run.id, lease).run()
+        # Recorded while the lease is held: another cycle's recovery would otherwise
+        # find the run unfinished, call it abandoned and delete its folder.
+        _finish(engine, result)
     except Exception as error:
         result = _failed(engine, run.id, error, lease)
         raise CycleFailedError(result.reason, result) from error
     finally:
         lease.release()
-        _drop_job_files(work)
-    _finish(engine, result)
+        _drop_text_copies(work)
     return result
 
 
-def _drop_job_files(work: Path) -> None:
-    """Remove the run's child-job files: they copy the training text (and erasure does
-    not look in run folders); the results, the adapter and the log stay."""
-    for job_file in work.glob("*_job.json"):
-        job_file.unlink(missing_ok=True)
+def _drop_text_copies(work: Path) -> None:
+    """Remove the run's files that copy training text: the child-job files and the
+    probe's report (its payloads quote corrections); erasure does not look in run
+    folders. The metrics, the training record and the adapter stay."""
+    for copy in [*work.glob("*_job.json"), work / "canary_result.json"]:
+        copy.unlink(missing_ok=True)
 
 
 def _failed(engine: Engine, run_id: str, error: Exception, lease: CycleLease) -> CycleResult:
@@ -214,7 +217,9 @@ class _Cycle:
         base = resolve_base_model(self.settings.base_model, self.settings.data_dir)
         trained = self.train(built.dataset, base)
         champion = self.registry.promoted()
+        self.lease.confirm("evaluating the candidate")
         evaluation = self.evaluate(built.dataset, base, trained, champion)
+        self.lease.confirm("probing the candidate")
         canary = self.probe(built.dataset, base, trained, champion)
         gate = self.judge(evaluation, champion, canary)
         adapter = self.register(gate, evaluation, trained, base, dataset_id)

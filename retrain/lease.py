@@ -71,6 +71,7 @@ class CycleLease:
         self._held_until = 0.0  # monotonic time up to which the last renewal vouches
         self._lock = threading.Lock()
         self._stop = threading.Event()
+        self._released = False
 
     def acquire(self) -> bool:
         """Take the lease if it is free, expired or held by a dead process on this host."""
@@ -85,19 +86,27 @@ class CycleLease:
         return ok
 
     def confirm(self, before: str) -> None:
-        """Renew now; raise :class:`LeaseLostError` unless the lease is still ours."""
-        if not self.renew():
-            raise LeaseLostError(f"lost the cycle lease ({self.lost}); stopped before {before}")
+        """Renew now, so the step ahead starts with a whole time to live; raise
+        :class:`LeaseLostError` if that renewal fails (a step with only what is left of
+        the last renewal's time could outlive the lease)."""
+        with self._lock:
+            renewed = self.lost is None and self._renew_locked()
+        if not renewed:
+            why = self.lost or "could not renew it"
+            raise LeaseLostError(f"lost the cycle lease ({why}); stopped before {before}")
 
     def renew(self) -> bool:
-        """Extend the lease if the row still names us. False once the lease is lost."""
+        """Extend the lease if the row still names us. False once the lease is lost; a
+        failed renewal before the expiry is retried next tick (the background loop)."""
         with self._lock:
-            if self.lost is None:
+            if self.lost is None and not self._released:
                 self._renew_locked()
             return self.lost is None
 
     def release(self) -> None:
         """Stop renewing and delete the row if it is still ours (best effort: it expires)."""
+        with self._lock:  # a renewal under way finishes first; none starts after
+            self._released = True
         self._stop.set()
         try:
             with write_session(self.engine) as session:
@@ -108,7 +117,8 @@ class CycleLease:
 
     # --- internals ---
 
-    def _renew_locked(self) -> None:
+    def _renew_locked(self) -> bool:
+        """One renewal; True if it extended the lease (else it may have lost it)."""
         started = time.monotonic()
         try:
             with write_session(self.engine) as session:
@@ -121,13 +131,14 @@ class CycleLease:
         except Exception as error:  # noqa: BLE001 - retried next tick, until the expiry
             if time.monotonic() < self._held_until:
                 log.warning("could not renew the cycle lease (retrying): %s", error)
-                return
+                return False
             self._lose(f"renewals failed past its expiry: {type(error).__name__}")
-            return
+            return False
         if held:  # the row still names us: nobody held it since our last write
             self._held_until = started + self.ttl.total_seconds()
-        else:
-            self._lose(f"another holder has it now: {self._current_holder() or 'none'}")
+            return True
+        self._lose(f"another holder has it now: {self._current_holder() or 'none'}")
+        return False
 
     def _lose(self, why: str) -> None:
         self.lost = why

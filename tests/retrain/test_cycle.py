@@ -302,7 +302,7 @@ def test_a_cycle_whose_lease_is_taken_over_registers_nothing(fake_settings, engi
     fake_children(monkeypatch, lambda job, job_file: take_lease(engine))
     with pytest.raises(CycleFailedError, match="lost the cycle lease") as failed:
         run_cycle(fake_settings, engine)  # the usual 10 minutes: the step checks catch it
-    assert "stopped before registering the adapter" in failed.value.result.reason
+    assert "stopped before evaluating the candidate" in failed.value.result.reason
     assert adapters(engine) == []  # neither registered nor promoted
     [run] = runs(engine)
     assert run.status == "failed" and OTHER in run.error and "lost the cycle lease" in run.error
