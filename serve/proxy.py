@@ -97,8 +97,14 @@ class ProxyBackend:
         if not args.get("stream"):
             args.pop("stream", None)
         args["messages"] = request.plain_messages()
+        # The name the client used; OpenAI's current one when it gave none (its newer
+        # models refuse max_tokens).
         cap = self.settings.serve_max_tokens
-        name = "max_completion_tokens" if request.max_completion_tokens else "max_tokens"
+        name = (
+            "max_tokens"
+            if request.max_tokens and not request.max_completion_tokens
+            else ("max_completion_tokens")
+        )
         args.pop("max_tokens", None)
         args[name] = min(request.requested_tokens or cap, cap)
         return args

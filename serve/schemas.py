@@ -31,8 +31,8 @@ NEUTRAL_ARGUMENTS: dict[str, tuple[Any, ...]] = {
     "tool_choice": ("none", "auto"),
     "parallel_tool_calls": (True, False),
     "modalities": (["text"],),
-    "service_tier": ("auto", "default"),
-    "store": (True, False),
+    "service_tier": ("auto",),  # another tier changes who serves and bills, upstream
+    "store": (False,),  # true asks an upstream to keep the completion
 }
 
 

@@ -1,6 +1,6 @@
 """Follow the promoted adapter in the store; swap it in without stopping or mixing.
 
-The store says which adapter is promoted (:func:`feedback.adapter_store.promoted_adapter`).
+The store says which adapter is promoted (:func:`feedback.adapters.store.promoted_adapter`).
 A :class:`Swapper` thread polls it, and when it changes, off the request path:
 verifies the folder (checksum, base model, version), reads and checks the
 weights against the model (modules, shapes, ranks), attaches them beside the

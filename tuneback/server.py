@@ -110,3 +110,22 @@ def on_exit(_server) -> None:  # noqa: ANN001
     created = os.environ.get(_CREATED_ENV)
     if created:
         shutil.rmtree(created, ignore_errors=True)
+
+
+# --- deprecated names ---------------------------------------------------------------
+
+
+# The app factories live in tuneback.apps; gunicorn command lines written for earlier
+# releases ('tuneback.server:api_app()', 'tuneback.server:serving_app()') still work.
+def api_app():  # noqa: ANN201
+    """Deprecated: use ``tuneback.apps:api_app()``."""
+    from tuneback.apps import api_app as build
+
+    return build()
+
+
+def serving_app():  # noqa: ANN201
+    """Deprecated: use ``tuneback.apps:serving_app()``."""
+    from tuneback.apps import serving_app as build
+
+    return build()

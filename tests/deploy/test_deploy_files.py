@@ -202,6 +202,7 @@ def test_kubectl_builds_the_kustomization():
     "config, factory",
     [
         ("api.py", "tuneback.apps:api_app()"),
+        ("api.py", "tuneback.server:api_app()"),  # the deprecated name still loads
         # Loads torch and the model: about 5 s of CPU.
         pytest.param("serve.py", "tuneback.apps:serving_app()", marks=pytest.mark.slow),
     ],

@@ -57,6 +57,8 @@ def test_neutral_defaults_and_a_null_assistant_content_are_accepted():
         ("tool_choice", "required"),
         ("top_logprobs", 3),
         ("presence_penalty", False),  # not a number
+        ("store", True),
+        ("service_tier", "flex"),
     ],
 )
 def test_values_that_change_the_answer_are_refused_by_name(name, value):
