@@ -43,7 +43,7 @@ def erase(user: str | None, completion_id: str | None, dry_run: bool, as_json: b
                 session, user=user, completion_id=completion_id, data_dir=settings.data_dir
             )
             if not dry_run:
-                registry = Registry(settings.data_dir / "adapters", engine)
+                registry = Registry.from_settings(settings, engine)
                 # Files first (the new gate.json checksums go into the rows), put back
                 # if the commit fails.
                 with rewriting(plan.copies, registry):

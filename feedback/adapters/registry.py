@@ -100,6 +100,7 @@ class Registry:
         return self.root / version
 
     def get(self, version: str) -> AdapterVersion:
+        self.path(version)  # a name no version can have is refused before any query
         with Session(self.engine, expire_on_commit=False) as session:
             return adapter_store.get_adapter_version(session, version)
 

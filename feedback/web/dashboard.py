@@ -15,7 +15,6 @@ from feedback.web.hooks import hooks
 from feedback.web.pages import current_user, page_blueprint, render, sign_in_required
 
 bp = page_blueprint("dashboard", __name__)
-VERSION_LENGTH = 64  # an adapter version's most characters (feedback.models.AdapterVersion)
 log = logging.getLogger(__name__)
 NOT_WIRED = (
     "This process runs the feedback API without the trainer: use the dashboard of "
@@ -72,9 +71,6 @@ def promote(version: str):
     force = request.form.get("force") == "yes"
     if request.form.get("confirm") != "yes":
         flash("Nothing changed: the promotion was not confirmed.", "error")
-    elif len(version) > VERSION_LENGTH or "\x00" in version:
-        # No such row can exist; PostgreSQL would refuse the NUL in a query (a 500).
-        flash(f"Refused: no adapter version {version[:VERSION_LENGTH]!r}.", "error")
     else:
         _run(lambda: registry().promote(version, actor=actor(), force=force),
              f"Promoted {version}" + (" (forced)" if force else "") + ".")  # fmt: skip
