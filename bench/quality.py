@@ -37,7 +37,6 @@ import argparse
 import fcntl
 import json
 import os
-import subprocess
 import sys
 import time
 from dataclasses import asdict
@@ -48,6 +47,7 @@ sys.path.insert(0, str(ROOT))
 
 from feedback.settings import Settings  # noqa: E402
 from retrain.base_model import resolve_base_model  # noqa: E402
+from retrain.jobs import JobFailedError, launch  # noqa: E402
 from retrain.scenarios import Scenario, get_scenario, messages, sanity  # noqa: E402
 from retrain.train import TrainConfig, TrainJob  # noqa: E402
 
@@ -166,16 +166,12 @@ def train(
         for m, a in zip(messages("train")[:size], answers, strict=False)
     ] + extra
     job = TrainJob(str(base), str(out), sft=rows, config=config, run_id=f"{scenario.name}-{size}")
-    job.save(out / "train_job.json")
-    done = subprocess.run(
-        [sys.executable, "-m", "retrain.train", str(out / "train_job.json")],
-        stdout=sys.stderr,
-        cwd=ROOT,
-        check=False,
-    )
-    if done.returncode != 0:
-        raise SystemExit(f"training {scenario.name} on {size} corrections failed")
-    record = json.loads((out / "train_result.json").read_text())
+    try:
+        record = launch(job, out / "train_job.json")
+    except JobFailedError as error:
+        raise SystemExit(
+            f"training {scenario.name} on {size} corrections failed: {error}"
+        ) from None
     return {"adapter": str(out / "adapter"), "train_s": record["duration_s"], "record": record}
 
 
