@@ -53,10 +53,11 @@ def session_secret(settings: Settings) -> str:
             _create_secret(path)
         value = path.read_text().strip()
     except OSError as error:
-        # The API must still start (say, on a read-only disk with PostgreSQL); only
-        # sign-ins suffer: they last until this process ends and bind to this worker.
+        # The API must still start (say, on a read-only disk with PostgreSQL); sign-ins
+        # and vote tokens suffer: both bind to this worker and end with this process.
         log.warning(
-            "cannot keep a session key in %s (%s): using one for this process only; "
+            "cannot keep a signing key in %s (%s): using one for this process only, so "
+            "sign-ins and vote tokens work on this worker alone and end at restart; "
             "set TUNEBACK_SECRET_KEY so every worker and restart shares one",
             path,
             error,
