@@ -349,6 +349,14 @@ class Settings(BaseSettings):
         return value
 
     @model_validator(mode="after")
+    def _schema_cache_holds_an_index(self) -> Settings:
+        if self.serve_schema_cache_mb < self.serve_schema_index_mb:
+            raise ValueError(
+                "TUNEBACK_SERVE_SCHEMA_CACHE_MB must be at least TUNEBACK_SERVE_SCHEMA_INDEX_MB"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _proxy_needs_models(self) -> Settings:
         if self.upstream_url and not self.upstream_model_names:
             raise ValueError(

@@ -241,10 +241,6 @@ def schema_limits(settings: Settings) -> CompileLimits:
     """What compiling one ``response_format`` schema may cost, from the settings."""
     from feedback.structured import MIB, CompileLimits
 
-    if settings.serve_schema_cache_mb < settings.serve_schema_index_mb:
-        raise ValueError(
-            "TUNEBACK_SERVE_SCHEMA_CACHE_MB must be at least TUNEBACK_SERVE_SCHEMA_INDEX_MB"
-        )
     return CompileLimits(
         memory_bytes=settings.serve_schema_memory_mb * MIB,
         index_bytes=settings.serve_schema_index_mb * MIB,

@@ -21,3 +21,8 @@ def test_rate_limits_in_the_notation_are_kept():
         "5/second",
         "10 per minute;2/second",
     )
+
+
+def test_a_schema_cache_smaller_than_one_index_is_refused_at_start():
+    with pytest.raises(ValidationError, match="TUNEBACK_SERVE_SCHEMA_CACHE_MB"):
+        Settings(serve_schema_cache_mb=32, serve_schema_index_mb=64)
