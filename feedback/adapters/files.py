@@ -257,11 +257,27 @@ def stage(source: Path, files: builtins.list[str], staging: Path, extra: dict[st
         digests[name] = write_durably(staging / name, chunks(source / name))
     for name, data in extra.items():
         digests[name] = write_durably(staging / name, [json_bytes(data)])
-    checksums = json_bytes({"algorithm": "sha256", "files": digests})
+    checksums = checksums_bytes(digests)
     write_durably(staging / CHECKSUMS, [checksums])
     for folder in sorted({(staging / name).parent for name in digests}, reverse=True):
         fsync_dir(folder)
     return hashlib.sha256(checksums).hexdigest()
+
+
+def checksums_bytes(digests: dict[str, str]) -> bytes:
+    """``checksums.json``: the sha256 of every other file of the folder, by name."""
+    return json_bytes({"algorithm": "sha256", "files": digests})
+
+
+def parse_checksums(data: bytes) -> dict[str, str] | None:
+    """The digests a ``checksums.json`` lists; None when it is unreadable."""
+    try:
+        files = json.loads(data).get("files")
+    except (ValueError, AttributeError):
+        return None
+    if not isinstance(files, dict) or not all(isinstance(v, str) for v in files.values()):
+        return None
+    return files
 
 
 def write_durably(target: Path, data: Iterable[bytes]) -> str:
@@ -344,8 +360,11 @@ def _tensor_range(file: Path, name: str, entry: Any) -> tuple[int, int]:
 def _read_checksums(path: Path, expected_checksum: str | None) -> dict[str, str]:
     if expected_checksum is not None and sha256_file(path / CHECKSUMS) != expected_checksum:
         raise CorruptAdapterError(f"{path}: checksums.json does not match the registered checksum")
-    files = read_json_object(path / CHECKSUMS).get("files")
-    if not isinstance(files, dict) or not all(isinstance(v, str) for v in files.values()):
+    try:
+        files = parse_checksums((path / CHECKSUMS).read_bytes())
+    except OSError:
+        files = None
+    if files is None:
         raise CorruptAdapterError(f"{path}: checksums.json is unreadable")
     return files
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import builtins
 import hashlib
-import json
 import logging
 import os
 import re
@@ -39,8 +38,10 @@ from feedback.adapters.files import (
     MANIFEST,
     CorruptAdapterError,
     check_fits_base,
+    checksums_bytes,
     generated_files,
     json_bytes,
+    parse_checksums,
     source_files,
     stage,
     verify_adapter_dir,
@@ -255,15 +256,15 @@ class Registry:
         before = {
             n: (folder / n).read_bytes() for n in (GATE_FILE, CHECKSUMS) if (folder / n).is_file()
         }
-        listed = _listed(before.get(CHECKSUMS, b""))
+        listed = parse_checksums(before.get(CHECKSUMS, b""))
         registered = listed is not None and (
             _sha(before[CHECKSUMS]) == checksum
-            or _sha(_checksums(listed | {GATE_FILE: _sha(json_bytes(was))})) == checksum
+            or _sha(checksums_bytes(listed | {GATE_FILE: _sha(json_bytes(was))})) == checksum
         )
         if not registered:
             self._replace_files(folder, {GATE_FILE: body})
             return None, before
-        checksums = _checksums(listed | {GATE_FILE: _sha(body)})
+        checksums = checksums_bytes(listed | {GATE_FILE: _sha(body)})
         self._replace_files(folder, {GATE_FILE: body, CHECKSUMS: checksums})
         return _sha(checksums), before
 
@@ -359,17 +360,3 @@ class Registry:
 
 def _sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-def _checksums(files: dict[str, str]) -> bytes:
-    """``checksums.json`` as :func:`feedback.adapters.files.stage` writes it."""
-    return json_bytes({"algorithm": "sha256", "files": files})
-
-
-def _listed(checksums: bytes) -> dict[str, str] | None:
-    """The digests in a ``checksums.json``; None when it is unreadable."""
-    try:
-        files = json.loads(checksums).get("files")
-    except (ValueError, AttributeError):
-        return None
-    return files if isinstance(files, dict) else None
