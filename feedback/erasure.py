@@ -34,7 +34,6 @@ rewritten; never the user reference or any text.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,7 +42,7 @@ from sqlalchemy import delete, or_, select
 from sqlalchemy.orm import Session
 from sqlmodel import col
 
-from feedback.erasure_copies import Copy, ErasedText, apply_copies, find_copies
+from feedback.erasure_copies import Copy, ErasedText, apply_copies, chunks, find_copies
 from feedback.exceptions import InvalidInputError, NotFoundError
 from feedback.models import (
     AdapterVersion,
@@ -55,8 +54,6 @@ from feedback.models import (
     IdempotencyRecord,
     utcnow,
 )
-
-CHUNK = 200  # ids per IN (...) or LIKE group, well under every driver's parameter limit
 
 
 @dataclass
@@ -126,7 +123,7 @@ def plan_erasure(
         ).all()
         plan.vote_ids = [vote_id for vote_id, _ in own_votes]
         voted_on = {cid for _, cid in own_votes} - set(plan.completion_ids)
-    for ids in _chunks(plan.completion_ids):
+    for ids in chunks(plan.completion_ids):
         plan.vote_ids += session.execute(
             select(Feedback.id).where(col(Feedback.completion_id).in_(ids))
         ).scalars()
@@ -149,7 +146,7 @@ def erase(session: Session, plan: ErasurePlan) -> None:
     (their files: :func:`feedback.erasure_copies.rewriting`). The caller commits (or
     rolls back: nothing changes); an engine from :func:`feedback.db.make_engine`
     syncs the commit to disk."""
-    for keys in _chunks(plan.idempotency_keys):
+    for keys in chunks(plan.idempotency_keys):
         session.execute(
             delete(IdempotencyRecord).where(
                 or_(
@@ -165,7 +162,7 @@ def erase(session: Session, plan: ErasurePlan) -> None:
         (Correction, plan.correction_ids),
         (Completion, plan.completion_ids),
     ):
-        for chunk in _chunks(ids):
+        for chunk in chunks(ids):
             session.execute(delete(model).where(col(model.id).in_(chunk)))
     apply_copies(session, plan.copies)
     session.flush()
@@ -179,7 +176,7 @@ def _answers(session: Session, plan: ErasurePlan) -> list[str]:
         (Correction, Correction.corrected_response, plan.correction_ids),
         (Completion, Completion.response, plan.completion_ids),
     ):
-        for chunk in _chunks(ids):
+        for chunk in chunks(ids):
             found += session.execute(select(column).where(col(model.id).in_(chunk))).scalars()
     return found
 
@@ -188,7 +185,7 @@ def _idempotency_keys(session: Session, ids: list[str]) -> list[tuple[str, str]]
     """Records whose stored answer names one of ``ids`` (row ids are 32 hex
     characters, so a substring match cannot hit another id by accident)."""
     found: set[tuple[str, str]] = set()
-    for chunk in _chunks(ids):
+    for chunk in chunks(ids):
         rows = session.execute(
             select(IdempotencyRecord.api_key_id, IdempotencyRecord.key).where(
                 or_(*(col(IdempotencyRecord.response_body).contains(i) for i in chunk))
@@ -204,7 +201,7 @@ def _trained_on(
     """Adapters, and dataset snapshots, whose datasets held an erased completion,
     or a thumbs-up positive the user's vote helped make."""
     dataset_ids: set[str] = set()
-    for chunk in _chunks(erased):
+    for chunk in chunks(erased):
         dataset_ids.update(
             session.execute(
                 select(DatasetExample.dataset_id).where(
@@ -212,7 +209,7 @@ def _trained_on(
                 )
             ).scalars()
         )
-    for chunk in _chunks(sorted(voted_on)):
+    for chunk in chunks(sorted(voted_on)):
         dataset_ids.update(
             session.execute(
                 select(DatasetExample.dataset_id).where(
@@ -221,7 +218,7 @@ def _trained_on(
             ).scalars()
         )
     adapters, datasets = [], []
-    for chunk in _chunks(sorted(dataset_ids)):
+    for chunk in chunks(sorted(dataset_ids)):
         for a in session.execute(
             select(AdapterVersion).where(col(AdapterVersion.dataset_id).in_(chunk))
         ).scalars():
@@ -231,9 +228,3 @@ def _trained_on(
         ).scalars():
             datasets.append({"id": d.id, "path": d.path})
     return sorted(adapters, key=lambda a: a["version"]), sorted(datasets, key=lambda d: d["id"])
-
-
-def _chunks(items: Iterable[Any]) -> Iterable[list[Any]]:
-    items = list(items)
-    for start in range(0, len(items), CHUNK):
-        yield items[start : start + CHUNK]

@@ -42,6 +42,8 @@ from feedback.adapters.registry import GATE_FILE, Registry
 from feedback.durable import fsync_dir, write_atomic
 from feedback.models import AdapterVersion, DatasetSnapshot, RetrainRun
 
+CHUNK = 200  # ids per IN (...) or LIKE group, well under every driver's parameter limit
+
 log = logging.getLogger(__name__)
 ERASED = "[erased]"
 MIN_PREFIX = 16  # a shorter start of an answer (a quoted token, say) is no copy of it
@@ -216,10 +218,16 @@ def _rewrite_gate(registry: Registry, copy: Copy) -> Any:
 
 def _rows(session: Session, model: type, column: Any, ids: list[str]) -> list[Any]:
     found = []
-    for start in range(0, len(ids), 200):
-        chunk = ids[start : start + 200]
+    for chunk in chunks(ids):
         found += session.execute(select(model).where(column.in_(chunk))).scalars()
     return found
+
+
+def chunks(items: Iterable[Any]) -> Iterator[list[Any]]:
+    """``items`` in lists of at most :data:`CHUNK`, one per ``IN (...)`` query."""
+    items = list(items)
+    for start in range(0, len(items), CHUNK):
+        yield items[start : start + CHUNK]
 
 
 def _read_json(path: Path) -> Any:
