@@ -97,6 +97,7 @@ class RawTx:
 
     def __init__(self, dbapi_conn: Any, dialect: Any) -> None:
         self.conn, self.dialect = dbapi_conn, dialect
+        self.writes = 1  # writes this transaction carries (a group commit carries several)
         self.sqlite = dialect.name == "sqlite"
         self.integrity_error = dialect.loaded_dbapi.IntegrityError
         stamp = _STAMP.dialect_impl(dialect)
@@ -130,8 +131,9 @@ class SQLiteWriter:
     closed when the engine is disposed, and never used across a fork.
     """
 
-    # Writes between checkpoints: about SQLite's default of 1000 WAL pages,
-    # at the five or so pages a vote changes.
+    # Writes between checkpoints (votes, not transactions: a group commit counts
+    # each of its writes): about SQLite's default of 1000 WAL pages, at the five or
+    # so pages a vote changes.
     CHECKPOINT_EVERY = 200
 
     def __init__(self, engine: Engine) -> None:
@@ -147,6 +149,7 @@ class SQLiteWriter:
     def transaction(self, engine: Engine, *, single_statement: bool) -> Iterator[RawTx]:
         with self.lock:
             tx = self._transaction(engine)
+            tx.writes = 1
             if not single_statement:
                 tx.conn.execute("BEGIN IMMEDIATE")
             try:
@@ -155,7 +158,7 @@ class SQLiteWriter:
             except BaseException:
                 self._rollback()
                 raise
-            self._writes += 1
+            self._writes += tx.writes
             checkpoint_due = self._writes >= self.CHECKPOINT_EVERY
             if checkpoint_due:
                 self._writes = 0

@@ -166,6 +166,7 @@ class GroupWriter:
                         stop = _drain(jobs, batch)
                 if not tx.conn.in_transaction:  # an error rolled it all back unseen
                     raise RuntimeError("the write transaction ended before its commit")
+                tx.writes = len(batch)  # the WAL checkpoint counts votes, not batches
         except BaseException as error:  # noqa: BLE001 - every waiting request must hear of it
             log.warning("a group commit of %d writes failed", len(batch), exc_info=True)
             failure = error
