@@ -146,15 +146,14 @@ class SQLiteWriter:
         event.listen(engine, "engine_disposed", lambda _engine: self.close())
 
     @contextmanager
-    def transaction(self, engine: Engine, *, single_statement: bool) -> Iterator[RawTx]:
+    def transaction(self, engine: Engine) -> Iterator[RawTx]:
         with self.lock:
             tx = self._transaction(engine)
             tx.writes = 1
-            if not single_statement:
-                tx.conn.execute("BEGIN IMMEDIATE")
+            tx.conn.execute("BEGIN IMMEDIATE")
             try:
                 yield tx
-                tx.conn.commit()  # a no-op after a single statement: it committed itself
+                tx.conn.commit()
             except BaseException:
                 self._rollback()
                 raise
@@ -219,19 +218,13 @@ def sqlite_writer(engine: Engine) -> SQLiteWriter | None:
     return writer
 
 
-def engine_write(
-    engine: Engine, *, single_statement: bool = False
-) -> AbstractContextManager[RawTx]:
+def engine_write(engine: Engine) -> AbstractContextManager[RawTx]:
     """A write transaction: ``BEGIN IMMEDIATE`` on SQLite's writer connection,
-    a pooled connection on other databases.
-
-    With ``single_statement`` the caller promises one statement, which SQLite
-    runs atomically on its own, so the explicit transaction is skipped.
-    """
+    a pooled connection on other databases."""
     writer = sqlite_writer(engine)
     if writer is None:
         return _pooled_write(engine)
-    transaction = writer.transaction(engine, single_statement=single_statement)
+    transaction = writer.transaction(engine)
     transaction.group_engine = engine  # feedback.writer runs such a write in a group commit
     return transaction
 
