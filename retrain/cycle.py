@@ -105,7 +105,7 @@ def run_cycle(
         return result
     try:
         recover(settings, engine, run)
-        result = _Cycle(settings, engine, run.id, lease).run()
+        result = _Cycle(settings, engine, run.id, lease, work).run()
         # Recorded while the lease is held: another cycle's recovery would otherwise
         # find the run unfinished, call it abandoned and delete its folder.
         _finish(engine, result)
@@ -194,9 +194,11 @@ class Evaluation:
 class _Cycle:
     """The steps of one run, sharing its settings, engine and work folder."""
 
-    def __init__(self, settings: Settings, engine: Engine, run_id: str, lease: CycleLease) -> None:
+    def __init__(
+        self, settings: Settings, engine: Engine, run_id: str, lease: CycleLease, work: Path
+    ) -> None:
         self.settings, self.engine, self.run_id, self.lease = settings, engine, run_id, lease
-        self.work = settings.data_dir / "runs" / run_id
+        self.work = work
         self.registry = Registry.from_settings(settings, engine)
         self.timeout_s = settings.job_timeout_minutes * 60 or None  # per child job
 
@@ -325,7 +327,7 @@ class _Cycle:
         self,
         evaluation: Evaluation,
         champion: AdapterVersion | None,
-        canary: dict[str, Any] | None = None,
+        canary: dict[str, Any],
     ) -> GateResult:
         metrics = evaluation.metrics
         result = decide(
