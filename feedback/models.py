@@ -27,6 +27,7 @@ ROLES = ("widget", "agent", "server", "admin")
 Rating = Literal["up", "down"]  # the API's vote values (feedback.schemas.FeedbackIn)
 RATINGS: tuple[str, ...] = get_args(Rating)
 CORRECTION_STATUSES = ("active", "superseded", "rejected")
+DEFAULT_LANE = "default"  # the lane that always exists (see feedback.lanes)
 
 
 def utcnow() -> datetime:
@@ -45,6 +46,24 @@ def _ts(**kwargs: Any) -> Any:
     return Field(default_factory=utcnow, sa_type=UTCDateTime, **kwargs)
 
 
+def _lane(**kwargs: Any) -> Any:
+    """The lane (use case) a row belongs to; rows from before lanes are ``default``'s."""
+    return Field(default=DEFAULT_LANE, max_length=64, **kwargs)
+
+
+class Lane(SQLModel, table=True):
+    """A named use case: its own training data, adapters, gate and serving name.
+
+    ``settings`` holds the lane's overrides of the deployment's settings (gate primary
+    metric and margin, golden file, response schema); see :mod:`feedback.lanes`.
+    """
+
+    name: str = Field(primary_key=True, max_length=64)
+    description: str | None = Field(default=None, sa_column=Column(Text))
+    settings: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSONType, nullable=False))
+    created_at: datetime = _ts()
+
+
 class Completion(SQLModel, table=True):
     """One answer served to a user, with the conversation that led to it."""
 
@@ -53,6 +72,7 @@ class Completion(SQLModel, table=True):
     messages: list[dict[str, Any]] = Field(sa_column=Column(JSONType, nullable=False))
     response: str = Field(sa_column=Column(Text, nullable=False))
     model: str = Field(max_length=200)
+    lane: str = _lane(index=True)
     adapter_version: str | None = Field(default=None, max_length=100)
     meta: dict[str, Any] = Field(
         default_factory=dict, sa_column=Column("metadata", JSONType, nullable=False)
@@ -149,6 +169,7 @@ class DatasetSnapshot(SQLModel, table=True):
 
     id: str = Field(default_factory=new_id, primary_key=True, max_length=32)
     created_at: datetime = _ts(index=True)
+    lane: str = _lane(index=True)
     content_hash: str = Field(max_length=64)
     counts: dict[str, Any] = _json_dict()
     path: str | None = Field(default=None, max_length=1000)
@@ -167,17 +188,19 @@ class DatasetExample(SQLModel, table=True):
 
 
 class RetrainRun(SQLModel, table=True):
-    """One retrain cycle, whatever its outcome."""
+    """One retrain cycle of one lane, whatever its outcome."""
 
     __tablename__ = "retrain_run"
+    __table_args__ = (Index("uq_retrain_run_tick", "scheduled_for", "lane", unique=True),)
 
     id: str = Field(default_factory=new_id, primary_key=True, max_length=32)
     started_at: datetime = _ts(index=True)
     finished_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    lane: str = _lane(index=True)
     trigger: str = Field(default="manual", max_length=16)  # manual | schedule
-    # The cron tick a scheduled run belongs to: unique, so two schedulers
-    # firing for the same tick run one cycle between them.
-    scheduled_for: datetime | None = Field(default=None, sa_type=UTCDateTime, unique=True)
+    # The cron tick a scheduled run belongs to: unique per lane, so two
+    # schedulers firing for the same tick run one cycle of each lane between them.
+    scheduled_for: datetime | None = Field(default=None, sa_type=UTCDateTime)
     status: str = Field(default="running", max_length=16)
     dataset_id: str | None = Field(default=None, max_length=32)
     adapter_version: str | None = Field(default=None, max_length=64)
@@ -186,17 +209,18 @@ class RetrainRun(SQLModel, table=True):
 
 
 class AdapterVersion(SQLModel, table=True):
-    """A trained LoRA adapter and the gate's verdict on it.
+    """A trained LoRA adapter of one lane, and the gate's verdict on it.
 
-    At most one row is ``promoted`` at a time; a partial unique index enforces
-    it in the database, so no race can ever leave two promoted.
+    Version names are unique across lanes (one ``v0001``, ``v0002`` ... series).
+    At most one row per lane is ``promoted`` at a time; a partial unique index
+    enforces it in the database, so no race can ever leave two promoted.
     """
 
     __tablename__ = "adapter_version"
     __table_args__ = (
         Index(
             "uq_adapter_one_promoted",
-            "status",
+            "lane",
             unique=True,
             sqlite_where=text("status = 'promoted'"),
             postgresql_where=text("status = 'promoted'"),
@@ -205,6 +229,7 @@ class AdapterVersion(SQLModel, table=True):
 
     version: str = Field(primary_key=True, max_length=64)
     created_at: datetime = _ts(index=True)
+    lane: str = _lane(index=True)
     status: str = Field(default="candidate", max_length=16)
     base_model: str = Field(max_length=500)
     path: str = Field(max_length=1000)
@@ -218,12 +243,13 @@ class AdapterVersion(SQLModel, table=True):
 
 
 class PromotionEvent(SQLModel, table=True):
-    """Every change of the promoted adapter, for rollback and audit."""
+    """Every change of a lane's promoted adapter, for rollback and audit."""
 
     __tablename__ = "promotion_event"
 
     id: int | None = Field(default=None, primary_key=True)
     at: datetime = _ts(index=True)
+    lane: str = _lane(index=True)
     action: str = Field(max_length=16)  # promote | rollback | force-promote
     version: str | None = Field(default=None, max_length=64)  # None: back to the base model
     previous: str | None = Field(default=None, max_length=64)
@@ -255,6 +281,9 @@ class ServingReplica(SQLModel, table=True):
     serving: str | None = Field(default=None, max_length=64)  # None: the base model
     refused: str | None = Field(default=None, max_length=64)  # latest version it refused
     refused_reason: str | None = Field(default=None, sa_column=Column(Text))
+    # Every lane's state: {lane: {"serving": v|None, "refused": v|None, "reason": str|None}};
+    # the three columns above repeat the default lane's, for older readers.
+    lanes: dict[str, Any] = _json_dict()
     started_at: datetime = _ts()
     last_seen: datetime = _ts(index=True)
 

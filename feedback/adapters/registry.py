@@ -12,8 +12,15 @@ it, renames it into place, and only then inserts the row: a crash leaves a
 temp folder or an unregistered folder (both removed by :meth:`Registry.recover`),
 never a row without its files. The database is authoritative for which adapter
 is promoted; a switch is one transaction (see :mod:`feedback.adapters.store`).
-``<root>/CURRENT`` names the promoted version for operators, rewritten after
-each commit; it may lag after a crash, until :meth:`Registry.recover`.
+``<root>/CURRENT`` names the default lane's promoted version for operators
+(``<root>/CURRENT-<lane>`` another lane's), rewritten after each commit; it may
+lag after a crash, until :meth:`Registry.recover`.
+
+Lanes. A registry works on one lane (:mod:`feedback.lanes`): :meth:`Registry.add`
+registers into it, and promote, roll back, ``promoted`` and ``list`` see only
+it. Version names are unique across lanes, so folders need no lane level; a
+version of another lane is refused by name. :meth:`Registry.for_lane` gives the
+same registry on another lane.
 """
 
 from __future__ import annotations
@@ -50,8 +57,9 @@ from feedback.adapters.files import (
 from feedback.base_model import served_base_model
 from feedback.db import write_session
 from feedback.durable import fsync_dir
-from feedback.exceptions import InvalidInputError, TunebackError
-from feedback.models import AdapterVersion
+from feedback.exceptions import InvalidInputError, NotFoundError, TunebackError
+from feedback.lanes import check_name
+from feedback.models import DEFAULT_LANE, AdapterVersion
 from feedback.settings import Settings
 
 POINTER = "CURRENT"
@@ -77,37 +85,58 @@ def _checkpoint(step: str) -> None:
 
 
 class Registry:
-    """Adapter versions under ``root``, with their rows in the store.
+    """Adapter versions of one lane under ``root``, with their rows in the store.
 
     ``base_model``, when given, is the model this deployment serves: verify and
     promote then refuse adapters trained for any other.
     """
 
-    def __init__(self, root: Path, engine: Engine, *, base_model: str | None = None) -> None:
+    def __init__(
+        self,
+        root: Path,
+        engine: Engine,
+        *,
+        base_model: str | None = None,
+        lane: str = DEFAULT_LANE,
+    ) -> None:
         self.root = Path(root)
         self.engine = engine
         self.base_model = base_model
+        self.lane = check_name(lane)
 
     @classmethod
-    def from_settings(cls, settings: Settings, engine: Engine) -> Registry:
+    def from_settings(
+        cls, settings: Settings, engine: Engine, *, lane: str = DEFAULT_LANE
+    ) -> Registry:
         """The deployment's registry: ``<data dir>/adapters``, checking adapters against
         the base model these settings serve (see :func:`feedback.base_model.served_base_model`)."""
         served = served_base_model(settings.base_model, settings.data_dir)
-        return cls(Path(settings.data_dir) / "adapters", engine, base_model=served)
+        return cls(Path(settings.data_dir) / "adapters", engine, base_model=served, lane=lane)
+
+    def for_lane(self, lane: str) -> Registry:
+        return Registry(self.root, self.engine, base_model=self.base_model, lane=lane)
 
     def path(self, version: str) -> Path:
         if not _VERSION.match(version):
             raise InvalidInputError(f"{version!r} is not a valid adapter version name")
         return self.root / version
 
-    def get(self, version: str) -> AdapterVersion:
+    def get(self, version: str) -> AdapterVersion:  # a version of another lane is not found
         self.path(version)  # a name no version can have is refused before any query
         with Session(self.engine, expire_on_commit=False) as session:
-            return adapter_store.get_adapter_version(session, version)
+            return self._own(adapter_store.get_adapter_version(session, version))
+
+    def _own(self, adapter: AdapterVersion) -> AdapterVersion:
+        if adapter.lane != self.lane:
+            raise NotFoundError(
+                f"adapter version {adapter.version!r} belongs to lane {adapter.lane!r}, "
+                f"not {self.lane!r}"
+            )
+        return adapter
 
     def promoted(self) -> AdapterVersion | None:
         with Session(self.engine, expire_on_commit=False) as session:
-            return adapter_store.promoted_adapter(session)
+            return adapter_store.promoted_adapter(session, self.lane)
 
     def add(
         self,
@@ -147,7 +176,7 @@ class Registry:
             with write_session(self.engine) as session:
                 adapter = adapter_store.create_adapter_version(
                     session, version=version, base_model=base_model, path=str(final.resolve()),
-                    checksum=checksum, status=status, **row,
+                    checksum=checksum, status=status, lane=self.lane, **row,
                 )  # fmt: skip
                 _checkpoint("inserted")
                 session.commit()
@@ -175,7 +204,7 @@ class Registry:
                 raise CorruptAdapterError(f"{error}; promote with force to override") from error
             problems.append(str(error))
         with write_session(self.engine) as session:
-            adapter = adapter_store.get_adapter_version(session, version)
+            adapter = self._own(adapter_store.get_adapter_version(session, version))
             if adapter.status == "rejected" and not force:
                 reasons = "; ".join(adapter.gate.get("reasons") or []) or "no reasons recorded"
                 raise AdapterRejectedError(
@@ -194,16 +223,16 @@ class Registry:
         return adapter
 
     def rollback(self, *, actor: str) -> AdapterVersion | None:
-        """Go back to the previously promoted adapter (None: the base model).
+        """Go back to the lane's previously promoted adapter (None: the base model).
 
         The adapter rolled back to must still verify; otherwise nothing changes.
         """
         with write_session(self.engine) as session:
             adapter_store.lock_promotions(session)
-            _, target = adapter_store.rollback_target(session)
+            _, target = adapter_store.rollback_target(session, self.lane)
             if target is not None:
                 self._verify_row(target, None)
-            restored = adapter_store.rollback_adapter(session, actor=actor)
+            restored = adapter_store.rollback_adapter(session, actor=actor, lane=self.lane)
             _checkpoint("rolled_back")
             session.commit()
         _checkpoint("committed")
@@ -211,7 +240,8 @@ class Registry:
         return restored
 
     def recover(self) -> builtins.list[Path]:
-        """Remove what crashed adds left behind and rewrite ``CURRENT``; return the removed.
+        """Remove what crashed adds left behind and rewrite every lane's ``CURRENT``;
+        return the removed.
 
         Removes ``.tmp-*`` entries and version folders that have a manifest but
         no row. Run it when no other process is adding adapters (at the start
@@ -221,6 +251,8 @@ class Registry:
             return []
         with Session(self.engine) as session:
             known = {a.version for a in adapter_store.list_adapter_versions(session)}
+            promoted = adapter_store.promoted_by_lane(session)
+            lanes = set(promoted) | {a.lane for a in adapter_store.list_adapter_versions(session)}
         removed = []
         for entry in sorted(self.root.iterdir()):
             orphan = entry.is_dir() and entry.name not in known and (entry / MANIFEST).is_file()
@@ -232,8 +264,9 @@ class Registry:
                 removed.append(entry)
         if removed:
             fsync_dir(self.root)
-        current = self.promoted()
-        self._write_pointer(current.version if current else None)
+        for lane in sorted(lanes | {DEFAULT_LANE}):
+            current = promoted.get(lane)
+            self.for_lane(lane)._write_pointer(current.version if current else None)
         return removed
 
     def rewrite_gate(
@@ -273,9 +306,9 @@ class Registry:
         self._replace_files(self.path(version), files)
 
     def list(self) -> builtins.list[AdapterVersion]:
-        """Registered adapters, newest first (folders without a row are not adapters)."""
+        """The lane's registered adapters, newest first (folders without a row are not adapters)."""
         with Session(self.engine, expire_on_commit=False) as session:
-            return adapter_store.list_adapter_versions(session)
+            return adapter_store.list_adapter_versions(session, lane=self.lane)
 
     # --- internals ---
 
@@ -336,7 +369,7 @@ class Registry:
         try:
             self._write_pointer(version)
         except OSError as error:
-            log.warning("could not update %s (run recover() later): %s", self.root / POINTER, error)
+            log.warning("could not update %s (run recover() later): %s", self.pointer, error)
 
     def _replace_files(self, folder: Path, files: dict[str, bytes]) -> None:
         """Replace files of an adapter folder, each written under a temporary name in
@@ -348,13 +381,18 @@ class Registry:
             os.replace(staging, folder / name)
         fsync_dir(folder)
 
+    @property
+    def pointer(self) -> Path:
+        name = POINTER if self.lane == DEFAULT_LANE else f"{POINTER}-{self.lane}"
+        return self.root / name
+
     def _write_pointer(self, version: str | None) -> None:
         """Atomically write ``CURRENT``: the promoted version, or empty for the base model."""
         self.root.mkdir(parents=True, exist_ok=True)
         staging = self.root / f"{TMP_PREFIX}{POINTER}-{secrets.token_hex(4)}"
         write_durably(staging, [f"{version or ''}\n".encode()])
         _checkpoint("pointer_staged")
-        os.replace(staging, self.root / POINTER)
+        os.replace(staging, self.pointer)
         fsync_dir(self.root)
 
 

@@ -3,11 +3,13 @@
 Like :mod:`feedback.store`: keyword-only functions taking an explicit session;
 writers ``flush`` but never commit, so the caller owns the transaction.
 
-The database is the source of truth for which adapter serves. The partial
-unique index ``uq_adapter_one_promoted`` guarantees at most one promoted row;
+The database is the source of truth for which adapter serves each lane
+(:mod:`feedback.lanes`). The partial unique index ``uq_adapter_one_promoted``
+guarantees at most one promoted row per lane;
 :func:`promote_adapter` and :func:`rollback_adapter` switch it inside the
 caller's single transaction, so a crash leaves the old or the new one promoted.
-Every switch appends a :class:`PromotionEvent`, which rollback walks back.
+Every switch appends a :class:`PromotionEvent` of its lane, which rollback walks
+back; one lane's switches never touch another lane's rows.
 
 Concurrency: on PostgreSQL the switch takes a transaction-level advisory lock,
 so a second concurrent promotion waits and then builds on the first instead of
@@ -29,6 +31,7 @@ from feedback.adapters.files import json_safe
 from feedback.exceptions import InvalidInputError, NotFoundError, TunebackError
 from feedback.models import (
     ADAPTER_STATUSES,
+    DEFAULT_LANE,
     AdapterVersion,
     DatasetExample,
     PromotionEvent,
@@ -69,8 +72,9 @@ def create_adapter_version(
     metrics: dict[str, Any] | None = None,
     gate: dict[str, Any] | None = None,
     status: str = "candidate",
+    lane: str = DEFAULT_LANE,
 ) -> AdapterVersion:
-    """Register an adapter. It cannot be born promoted: use :func:`promote_adapter`,
+    """Register an adapter of ``lane``. It cannot be born promoted: use :func:`promote_adapter`,
     so that every promotion has its event and rollback has a history to walk."""
     _check_status(status)
     if status == "promoted":
@@ -79,6 +83,7 @@ def create_adapter_version(
         raise AdapterVersionExistsError(f"adapter version {version!r} already exists")
     adapter = AdapterVersion(
         version=version,
+        lane=lane,
         base_model=base_model,
         path=path,
         checksum=checksum,
@@ -101,14 +106,18 @@ def get_adapter_version(session: Session, version: str) -> AdapterVersion:
     return adapter
 
 
-def list_adapter_versions(session: Session, *, status: str | None = None) -> list[AdapterVersion]:
-    """All adapters (or those with ``status``), newest first."""
+def list_adapter_versions(
+    session: Session, *, status: str | None = None, lane: str | None = None
+) -> list[AdapterVersion]:
+    """All adapters (or those with ``status``, of ``lane``), newest first."""
     stmt = select(AdapterVersion).order_by(
         col(AdapterVersion.created_at).desc(), col(AdapterVersion.version).desc()
     )
     if status is not None:
         _check_status(status)
         stmt = stmt.where(AdapterVersion.status == status)
+    if lane is not None:
+        stmt = stmt.where(AdapterVersion.lane == lane)
     return list(session.execute(stmt.execution_options(populate_existing=True)).scalars())
 
 
@@ -133,7 +142,8 @@ def set_adapter_status(session: Session, *, version: str, status: str) -> Adapte
 
 
 def next_version_name(session: Session) -> str:
-    """The next free name in the ``v0001``, ``v0002`` ... series (sortable as text)."""
+    """The next free name in the ``v0001``, ``v0002`` ... series (sortable as text),
+    one series for all lanes, so a version names one adapter everywhere."""
     numbers = [
         int(match.group(1))
         for name in session.execute(select(AdapterVersion.version)).scalars()
@@ -168,16 +178,25 @@ def adapters_trained_on(
 # --- promotion -----------------------------------------------------------------
 
 
-def promoted_adapter(session: Session) -> AdapterVersion | None:
-    """The adapter serving now, or None for the bare base model."""
-    stmt = select(AdapterVersion).where(AdapterVersion.status == "promoted")
+def promoted_adapter(session: Session, lane: str = DEFAULT_LANE) -> AdapterVersion | None:
+    """The adapter serving ``lane`` now, or None for the bare base model."""
+    stmt = select(AdapterVersion).where(
+        AdapterVersion.status == "promoted", AdapterVersion.lane == lane
+    )
     return session.execute(stmt.execution_options(populate_existing=True)).scalar_one_or_none()
+
+
+def promoted_by_lane(session: Session) -> dict[str, AdapterVersion]:
+    """Each lane's promoted adapter, in one query (lanes on the base model are absent)."""
+    stmt = select(AdapterVersion).where(AdapterVersion.status == "promoted")
+    rows = session.execute(stmt.execution_options(populate_existing=True)).scalars()
+    return {row.lane: row for row in rows}
 
 
 def promote_adapter(
     session: Session, *, version: str, actor: str, action: str = "promote"
 ) -> AdapterVersion:
-    """Make ``version`` the promoted adapter; the previous one is retired.
+    """Make ``version`` the promoted adapter of its lane; the lane's previous one is retired.
 
     Promoting the adapter already promoted changes nothing and records nothing.
     Refusing rejected or corrupt adapters is the caller's policy (the registry).
@@ -186,15 +205,17 @@ def promote_adapter(
         raise InvalidInputError(f"action must be one of {', '.join(PROMOTION_ACTIONS)}")
     lock_promotions(session)
     target = get_adapter_version(session, version)
-    current = promoted_adapter(session)
+    current = promoted_adapter(session, target.lane)
     if current is not None and current.version == version:
         return target
-    _switch(session, current=current, target=target, actor=actor, action=action)
+    _switch(session, current=current, target=target, actor=actor, action=action, lane=target.lane)
     return target
 
 
-def rollback_target(session: Session) -> tuple[AdapterVersion, AdapterVersion | None]:
-    """The promoted adapter and the one a rollback would restore (None: base model).
+def rollback_target(
+    session: Session, lane: str = DEFAULT_LANE
+) -> tuple[AdapterVersion, AdapterVersion | None]:
+    """``lane``'s promoted adapter and the one a rollback would restore (None: base model).
 
     The history is a stack: each promotion pushes, each rollback pops. Walking
     it newest first, every rollback cancels the latest promotion not yet
@@ -204,10 +225,16 @@ def rollback_target(session: Session) -> tuple[AdapterVersion, AdapterVersion | 
     (v1, v2, v1 rolls back to v2, then v1, then the base model), instead of
     bouncing between two versions.
     """
-    current = promoted_adapter(session)
+    current = promoted_adapter(session, lane)
     if current is None:
-        raise NothingToRollBackError("no adapter is promoted: the base model is already serving")
-    history = session.execute(select(PromotionEvent).order_by(col(PromotionEvent.id).desc()))
+        raise NothingToRollBackError(
+            f"no adapter of lane {lane!r} is promoted: the base model is already serving it"
+        )
+    history = session.execute(
+        select(PromotionEvent)
+        .where(PromotionEvent.lane == lane)
+        .order_by(col(PromotionEvent.id).desc())
+    )
     standing, pending_rollbacks = None, 0
     for event in history.scalars():
         if event.action == "rollback":
@@ -226,20 +253,26 @@ def rollback_target(session: Session) -> tuple[AdapterVersion, AdapterVersion | 
     return current, previous
 
 
-def rollback_adapter(session: Session, *, actor: str) -> AdapterVersion | None:
-    """Go back to the adapter promoted before the current one, or to the base model.
+def rollback_adapter(
+    session: Session, *, actor: str, lane: str = DEFAULT_LANE
+) -> AdapterVersion | None:
+    """Go back to ``lane``'s adapter promoted before the current one, or to the base model.
 
-    Returns the adapter now promoted (None: the base model serves).
+    Returns the adapter now promoted (None: the base model serves the lane).
     """
     lock_promotions(session)
-    current, target = rollback_target(session)
-    _switch(session, current=current, target=target, actor=actor, action="rollback")
+    current, target = rollback_target(session, lane)
+    _switch(session, current=current, target=target, actor=actor, action="rollback", lane=lane)
     return target
 
 
-def promotion_history(session: Session, *, limit: int = 50) -> list[PromotionEvent]:
-    """The latest promotion events, newest first."""
+def promotion_history(
+    session: Session, *, limit: int = 50, lane: str | None = None
+) -> list[PromotionEvent]:
+    """The latest promotion events (of ``lane``, or of all lanes), newest first."""
     stmt = select(PromotionEvent).order_by(col(PromotionEvent.id).desc()).limit(limit)
+    if lane is not None:
+        stmt = stmt.where(PromotionEvent.lane == lane)
     return list(session.execute(stmt).scalars())
 
 
@@ -259,6 +292,7 @@ def _switch(
     target: AdapterVersion | None,
     actor: str,
     action: str,
+    lane: str,
 ) -> None:
     # Retire first and flush on its own: one flush updating both rows may run
     # the promote first, and the unique index would see two promoted rows.
@@ -270,6 +304,7 @@ def _switch(
         target.promoted_at = utcnow()
     session.add(
         PromotionEvent(
+            lane=lane,
             action=action,
             version=target.version if target else None,
             previous=current.version if current else None,
