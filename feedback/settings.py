@@ -203,6 +203,17 @@ class Settings(BaseSettings):
         description="Adapters held in memory at once: the serving one plus those still "
         "finishing requests. A swap waits for a free slot, so memory stays bounded.",
     )
+    serve_max_adapters: int = Field(
+        8,
+        ge=1,
+        description="Lanes' adapters held in memory at once on the base model; past it the "
+        "least recently used idle one is unloaded, and loaded again (verified) on demand.",
+    )
+    serve_mixed_batches: bool = Field(
+        True,
+        description="Decode requests of different lanes in one batch, each row with its own "
+        "adapter; false batches only requests of one adapter (the baseline of bench/lanes.py).",
+    )
     serve_max_lora_rank: int = Field(
         64,
         ge=1,
@@ -226,6 +237,13 @@ class Settings(BaseSettings):
         description="Capture-proxy mode: the upstream model names clients may ask for, "
         "comma-separated (required with `TUNEBACK_UPSTREAM_URL`); any other `model` is a 404, "
         "never forwarded.",
+    )
+
+    upstream_lanes: str | None = Field(
+        None,
+        description="Capture-proxy mode: which lane each upstream model's completions are "
+        "logged under, as `model=lane` pairs, comma-separated (e.g. `gpt-4o-mini=ticket-router`); "
+        "a request's `X-Tuneback-Lane` header wins; otherwise `default`.",
     )
 
     # --- deployment: serving replicas and rollouts ---------------------------------------
