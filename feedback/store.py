@@ -17,8 +17,10 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 from sqlmodel import col
 
+from feedback import lanes
 from feedback.exceptions import InvalidInputError, NotFoundError
 from feedback.models import (
+    DEFAULT_LANE,
     ROLES,
     ApiKey,
     Completion,
@@ -42,9 +44,15 @@ def create_completion(
     metadata: dict[str, Any] | None = None,
     api_key_id: str | None = None,
     completion_id: str | None = None,
+    lane: str = DEFAULT_LANE,
 ) -> Completion:
     """Log a served completion. ``completion_id`` lets a streaming server hand
-    the id to its client before the answer (and so the row) exists."""
+    the id to its client before the answer (and so the row) exists.
+
+    ``lane`` must name an existing lane: it is checked here, before the row is
+    added, so a bad name is a 422 and an unknown one a 404 listing the lanes.
+    """
+    lanes.get_lane(session, lane)
     completion = Completion(
         id=completion_id or new_id(),
         messages=messages,
@@ -53,6 +61,7 @@ def create_completion(
         adapter_version=adapter_version,
         meta=metadata or {},
         api_key_id=api_key_id,
+        lane=lane,
     )
     session.add(completion)
     session.flush()
