@@ -93,7 +93,10 @@ def check_overrides(values: Mapping[str, Any]) -> dict[str, Any]:
                 raise InvalidInputError(f"gate_margin must be a number >= 0, not {value!r}")
             checked[key] = float(number)
         elif key == "golden_set":
-            checked[key] = str(Path(str(value)).expanduser())
+            path = Path(str(value)).expanduser().resolve()
+            if not path.is_file():
+                raise InvalidInputError(f"golden_set: {value} is not a file")
+            checked[key] = str(path)
         else:
             checked[key] = _schema(value)
     return checked

@@ -97,6 +97,7 @@ def database_url(request, tmp_path):
     engine = create_engine(url)
     with engine.begin() as conn:
         conn.execute(text(f"TRUNCATE {', '.join(TABLES)} CASCADE"))
+        conn.execute(text("DELETE FROM lane WHERE name <> 'default'"))  # default always exists
     engine.dispose()
     return url
 

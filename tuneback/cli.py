@@ -13,7 +13,7 @@ import sys
 import click
 
 from feedback.exceptions import TunebackError
-from tuneback import cli_demo, cli_deploy, cli_erase, cli_retrain, cli_serve
+from tuneback import cli_demo, cli_deploy, cli_erase, cli_lanes, cli_retrain, cli_serve
 from tuneback.runtime import load_settings, prepare_store, store_session
 
 
@@ -164,7 +164,7 @@ def api(host: str | None, port: int | None, workers: int | None) -> None:
     run_gunicorn("tuneback.apps:api_app", settings)
 
 
-for _module in (cli_retrain, cli_serve, cli_deploy, cli_erase, cli_demo):
+for _module in (cli_lanes, cli_retrain, cli_serve, cli_deploy, cli_erase, cli_demo):
     for _command in _module.COMMANDS:
         cli.add_command(_command)
 
