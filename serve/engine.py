@@ -5,7 +5,8 @@ with one stopping criterion that does each row's bookkeeping per token: it
 feeds the row's :class:`~serve.text.TextStream` (stop sequences, streamed
 text), enforces the row's own ``max_tokens``, notices end-of-sequence and
 cancellation, and stops exactly the rows that are finished. So jobs with
-different prompts, lengths and stop sequences share one batch.
+different prompts, lengths and stop sequences share one batch, and so do
+jobs of different adapters (each row decodes with its own).
 """
 
 from __future__ import annotations
@@ -114,13 +115,18 @@ class ModelEngine:
             )
 
     def generate(self, jobs: list[Job]) -> None:
-        """Generate every job of a batch (same adapter and sampling settings); finish each."""
+        """Generate every job of a batch (same sampling settings); finish each.
+
+        Each row decodes with its own job's adapter (``job.lease.adapter``): a
+        batch may mix lanes (see :meth:`serve.lora.AdapterHost.activate_rows`).
+        """
         first = jobs[0]
         rows = _Rows(jobs, self)
         input_ids, mask = self._left_pad([job.prompt for job in jobs])
         if first.seed is not None:
             torch.manual_seed(first.seed)
-        with self.host.activate(first.lease.adapter), torch.inference_mode():
+        adapters = [job.lease.adapter for job in jobs]
+        with self.host.activate_rows(adapters), torch.inference_mode():
             self.model.generate(
                 input_ids=input_ids,
                 attention_mask=mask,

@@ -1,13 +1,17 @@
 """LoRA adapters hosted on one base model, switched per batch without touching its weights.
 
 An adapter loaded here is a set of ``(A, B * scaling)`` pairs keyed by the name
-of the linear layer they adapt. A batch runs in one of three modes (see
-:meth:`AdapterHost.activate`):
+of the linear layer they adapt. A batch runs in one of four modes (see
+:meth:`AdapterHost.activate` and :meth:`AdapterHost.activate_rows`):
 
 - base: the layers are the plain base model;
 - unmerged: forward hooks add ``x Aᵀ Bᵀ`` on the adapter's layers;
 - merged: each adapted layer's weight is pointed at a buffer holding
-  ``W + B A``, so decoding costs exactly what the plain model costs.
+  ``W + B A``, so decoding costs exactly what the plain model costs;
+- mixed: the rows of one batch use different adapters (or none): the layers
+  are the base model, and one hook per adapted layer adds each adapter's
+  ``x Aᵀ Bᵀ`` to that adapter's rows only, so several lanes decode in one
+  forward pass and each row gets what its adapter alone would give.
 
 The base weights are never modified, so switching mode or adapter is a matter
 of pointers, and merging is exact every time (no merge/unmerge drift). Merged
@@ -23,7 +27,7 @@ from __future__ import annotations
 
 import math
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -112,11 +116,14 @@ def _positive(value: Any) -> bool:
 class AdapterHost:
     """The base model's linear layers, and the adapters attached to them.
 
-    Thread model: :meth:`activate` runs on the model worker thread only, around
-    each batch. :meth:`load`, :meth:`add`, :meth:`remove` and :meth:`merge` may
-    run on another thread (the swapper) while a batch runs: they never touch
-    what the running batch uses, and the merged buffers are guarded by a lock
-    the worker holds for the whole of a merged batch.
+    Thread model: :meth:`activate` and :meth:`activate_rows` run on the model
+    worker thread only, around each batch. :meth:`load`, :meth:`add`,
+    :meth:`remove` and :meth:`merge` may run on another thread (the swapper)
+    while a batch runs: they never touch what the running batch uses (a batch
+    holds its own references to the adapters' tensors, taken when it starts),
+    and the merged buffers are guarded by a lock the worker holds for the whole
+    of a merged batch. A mixed batch never reads the merged buffers, so it
+    holds no lock and a merge may proceed beside it.
     """
 
     def __init__(self, model: nn.Module, *, max_rank: int, merge: bool = True) -> None:
@@ -277,6 +284,38 @@ class AdapterHost:
             for handle in handles:
                 handle.remove()
 
+    @contextmanager
+    def activate_rows(self, names: Sequence[str | None]) -> Iterator[str]:
+        """Set the model up for one batch whose row ``i`` uses adapter ``names[i]`` (None: base).
+
+        When every row uses the same adapter (or none) this is :meth:`activate`,
+        merged fast path included. Otherwise the base weights run every row and
+        one hook per adapted layer adds each adapter's ``x Aᵀ Bᵀ`` to its own
+        rows (rows without an adapter get nothing). Yields the mode used:
+        ``"mixed"`` or one of :meth:`activate`'s.
+        """
+        if len(set(names)) <= 1:
+            with self.activate(names[0] if names else None) as mode:
+                yield mode
+            return
+        groups: dict[str, list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]] = {}
+        for name in dict.fromkeys(n for n in names if n is not None):
+            adapter = self.adapters[name]  # a KeyError before anything is attached
+            rows = [i for i, other in enumerate(names) if other == name]
+            index = torch.tensor(rows, dtype=torch.long, device=self._device)
+            for module, (a, b) in adapter.deltas.items():
+                groups.setdefault(module, []).append((index, a, b))
+        self._point_weights(None)
+        handles = [
+            self.layers[module].register_forward_hook(_rows_lora_hook(pairs))
+            for module, pairs in groups.items()
+        ]
+        try:
+            yield "mixed"
+        finally:
+            for handle in handles:
+                handle.remove()
+
     def _point_weights(self, merged: LoadedAdapter | None) -> None:
         """Point each layer at its base weight, or at its merged buffer for ``merged``."""
         for module, layer in self.layers.items():
@@ -291,5 +330,19 @@ class AdapterHost:
 def _lora_hook(a: torch.Tensor, b: torch.Tensor):  # noqa: ANN202 - a forward hook
     def hook(_module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
         return output + F.linear(F.linear(args[0], a), b)
+
+    return hook
+
+
+def _rows_lora_hook(groups: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]):  # noqa: ANN202
+    """A forward hook adding each ``(rows, A, B)`` group's LoRA term to those rows only."""
+
+    def hook(_module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
+        x = args[0]
+        for rows, a, b in groups:
+            # Rows of one batch are distinct, so each output row receives at most
+            # one adapter's term (index_add_ never sums two groups into one row).
+            output.index_add_(0, rows, F.linear(F.linear(x.index_select(0, rows), a), b))
+        return output
 
     return hook

@@ -4,9 +4,11 @@ A request thread builds a :class:`Job` and :meth:`JobQueue.put` s it: when the
 queue is full that raises :class:`~serve.schemas.OverloadedError` (503 with
 Retry-After) at once, so no request ever waits for room. The
 :class:`ModelWorker` takes the oldest job plus up to ``max_batch - 1`` waiting
-jobs it can decode alongside it (same adapter and sampling settings), runs
-them as one batch, and signals each job; a streaming job also receives its
-text as it is generated.
+jobs it can decode alongside it (same sampling settings, room in the context
+window, and, unless the queue mixes adapters, the same adapter), runs them as
+one batch, and signals each job; a streaming job also receives its text as it
+is generated. A mixed batch decodes every row with its own job's adapter in
+one forward pass, so lanes do not queue behind each other.
 
 Each job carries the adapter lease taken when it was admitted, and the worker
 releases it when the job is over, whatever happened: that is what lets the
@@ -59,11 +61,16 @@ class Job:
     events: queue.SimpleQueue = field(default_factory=queue.SimpleQueue)
     _done: threading.Event = field(default_factory=threading.Event)
 
-    def batch_key(self) -> tuple | None:
-        """Jobs with equal keys may share a batch; a seeded job runs alone (its RNG is its own)."""
+    def batch_key(self, *, mixed: bool = False) -> tuple | None:
+        """Jobs with equal keys may share a batch; a seeded job runs alone (its RNG is its own).
+
+        ``mixed``: jobs of different adapters may share a batch (their sampling
+        settings must still agree); otherwise a batch holds one adapter.
+        """
         if self.seed is not None:
             return None
-        return (self.lease.adapter, self.temperature, self.top_p if self.temperature else None)
+        sampling = (self.temperature, self.top_p if self.temperature else None)
+        return sampling if mixed else (self.lease.adapter, *sampling)
 
     def emit(self, delta: str) -> None:
         if self.stream and delta:
@@ -95,10 +102,14 @@ class Job:
 
 
 class JobQueue:
-    """A bounded FIFO of jobs that hands out compatible batches."""
+    """A bounded FIFO of jobs that hands out compatible batches.
 
-    def __init__(self, size: int, *, context_length: int | None = None) -> None:
-        self.size, self.context_length = size, context_length
+    ``mixed`` (``TUNEBACK_SERVE_MIXED_BATCHES``): a batch may hold jobs of several
+    adapters; False: one adapter per batch, the others wait for a later batch.
+    """
+
+    def __init__(self, size: int, *, context_length: int | None = None, mixed: bool = True) -> None:
+        self.size, self.context_length, self.mixed = size, context_length, mixed
         self._items: deque[Job] = deque()
         self._cond = threading.Condition()
         self._closed = False
@@ -127,12 +138,12 @@ class JobQueue:
             if not self._items:
                 return None
             first = self._items.popleft()
-            batch, key = [first], first.batch_key()
+            batch, key = [first], first.batch_key(mixed=self.mixed)
             if key is not None:
                 for job in list(self._items):
                     if len(batch) >= max_batch:
                         break
-                    if job.batch_key() == key and self._fits(batch, job):
+                    if job.batch_key(mixed=self.mixed) == key and self._fits(batch, job):
                         self._items.remove(job)
                         batch.append(job)
             return batch

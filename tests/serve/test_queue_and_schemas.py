@@ -123,7 +123,7 @@ def test_a_full_queue_refuses_at_once_with_a_retry_hint():
 
 
 def test_batches_join_compatible_jobs_in_order_and_leave_the_rest():
-    jobs = JobQueue(10, context_length=20)
+    jobs = JobQueue(10, context_length=20, mixed=False)  # one adapter per batch
     a1, b1, a2, seeded = job("a"), job("b"), job("a"), job("a", seed=1)
     a3, long = job("a", temperature=0.5), job("a", prompt=15, max_tokens=10)
     for item in (a1, b1, a2, seeded, a3, long):
