@@ -8,6 +8,9 @@ set before the workers start (``tuneback api`` and
 ``deploy/gunicorn/api.py`` do it), prometheus_client keeps every worker's
 values in files there, and ``/metrics`` adds them up across the workers.
 
+The completion, vote and correction counters carry a ``lane`` label. Lanes are
+created by admins (``tuneback lanes create``), so the label's values stay few.
+
 ``tuneback_poisoning_alerts{kind}`` reports the alerts of the last finished
 retrain run (vote floods, suspect trigger tokens), read from the store at
 scrape time (at most every ``ALERTS_TTL_S`` seconds), so every worker agrees.
@@ -25,6 +28,8 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from sqlalchemy.exc import SQLAlchemyError
+
+from feedback.models import DEFAULT_LANE
 
 log = logging.getLogger(__name__)
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -71,18 +76,26 @@ class Metrics:
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
         )
         self.feedback = Counter(
-            "tuneback_feedback", "Votes recorded", ["rating", "source"], registry=self.registry
+            "tuneback_feedback",
+            "Votes recorded",
+            ["rating", "source", "lane"],
+            registry=self.registry,
         )
-        self.corrections = Counter(
-            "tuneback_corrections", "Corrections recorded", registry=self.registry
+        self.corrections = LaneCounter(
+            Counter(
+                "tuneback_corrections",
+                "Corrections recorded",
+                ["lane"],
+                registry=self.registry,
+            )
         )
-        self.completions = Counter(
-            "tuneback_completions", "Completions logged", registry=self.registry
+        self.completions = LaneCounter(
+            Counter("tuneback_completions", "Completions logged", ["lane"], registry=self.registry)
         )
         # labels() takes a lock and builds its key on every call: resolve each
         # label set once (these caches grow exactly as the metrics themselves do).
         self._children: dict[tuple, tuple] = {}
-        self._votes: dict[tuple[str, str], Any] = {}
+        self._votes: dict[tuple[str, str, str], Any] = {}
         self.alerts = PoisoningAlerts()
         self.registry.register(self.alerts)
 
@@ -100,11 +113,12 @@ class Metrics:
         children[1].inc()
         return response
 
-    def vote(self, rating: str, source: str) -> None:
-        """Count one recorded vote."""
-        child = self._votes.get((rating, source))
+    def vote(self, rating: str, source: str, lane: str = DEFAULT_LANE) -> None:
+        """Count one recorded vote on a completion of ``lane``."""
+        key = (rating, source, lane)
+        child = self._votes.get(key)
         if child is None:
-            child = self._votes[rating, source] = self.feedback.labels(rating, source)
+            child = self._votes[key] = self.feedback.labels(rating, source, lane)
         child.inc()
 
     def render(self) -> Response:
@@ -117,6 +131,21 @@ class Metrics:
             multiprocess.MultiProcessCollector(registry, path=self.multiprocess_dir)
             registry.register(self.alerts)
         return Response(generate_latest(registry), mimetype=CONTENT_TYPE_LATEST)
+
+
+class LaneCounter:
+    """A counter with a ``lane`` label whose ``inc()`` counts the default lane, so
+    callers from before lanes keep working; ``inc(lane=...)`` counts another."""
+
+    def __init__(self, counter: Counter) -> None:
+        self.counter = counter
+        self._children: dict[str, Any] = {}  # see Metrics._children
+
+    def inc(self, amount: float = 1, *, lane: str = DEFAULT_LANE) -> None:
+        child = self._children.get(lane)
+        if child is None:
+            child = self._children[lane] = self.counter.labels(lane)
+        child.inc(amount)
 
 
 class PoisoningAlerts:

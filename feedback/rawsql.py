@@ -38,15 +38,18 @@ _VOTE_INSERT = (
     "INSERT INTO feedback (id, completion_id, rating, reason, comment, source, user_ref,"
     " api_key_id, verified, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
+# The lane of the voted completion (for the lane-labelled vote counter), read in the
+# same statement: one more lookup of the primary key the foreign key check just read.
+_VOTE_LANE = "(SELECT lane FROM completion WHERE completion.id = feedback.completion_id)"
 # A verified vote replaces the same user's verified vote from the same source (the
 # partial unique index uq_feedback_verified_user); an unverified one is always a new row.
 VOTE_UPSERT = (
     _VOTE_INSERT + " ON CONFLICT (completion_id, source, user_ref) WHERE verified"
     " DO UPDATE SET rating = excluded.rating, reason = excluded.reason,"
     " comment = excluded.comment, api_key_id = excluded.api_key_id,"
-    " updated_at = excluded.updated_at RETURNING id, created_at"
+    " updated_at = excluded.updated_at RETURNING id, created_at, " + _VOTE_LANE
 )
-VOTE_INSERT = _VOTE_INSERT + " RETURNING id, created_at"
+VOTE_INSERT = _VOTE_INSERT + " RETURNING id, created_at, " + _VOTE_LANE
 # The order of VOTE_UPSERT's values, timestamps aside.
 VOTE_COLUMNS = (
     "id",
@@ -62,7 +65,8 @@ VOTE_COLUMNS = (
 VOTE_GET = f"SELECT {', '.join(VOTE_COLUMNS)}, created_at, updated_at FROM feedback WHERE id = ?"
 VOTE_CHANGE = (
     "UPDATE feedback SET rating = ?, reason = ?, comment = ?, updated_at = ?"
-    f" WHERE id = ? AND completion_id = ? RETURNING {', '.join(VOTE_COLUMNS)}, created_at"
+    f" WHERE id = ? AND completion_id = ? RETURNING {', '.join(VOTE_COLUMNS)}, created_at, "
+    + _VOTE_LANE
 )
 KEY_CLAIM = (
     "INSERT INTO idempotency_record (api_key_id, key, request_hash, status_code,"
@@ -280,13 +284,13 @@ def record_vote(
 
     One statement: the upsert makes concurrent votes of one user leave one row,
     and the foreign key doubles as the check that the completion exists.
-    Returns the stored vote and whether it replaced one.
+    Returns the stored vote (with its completion's ``lane``) and whether it replaced one.
     """
     now = utcnow()
     stamp, vote_id = tx.timestamp(now), new_id()
     params = (vote_id, completion_id, rating, reason, comment, source, user_ref, api_key_id)
     try:
-        stored_id, created = tx.one(
+        stored_id, created, lane = tx.one(
             VOTE_UPSERT if verified else VOTE_INSERT, (*params, verified, stamp, stamp)
         )
     except tx.integrity_error as error:
@@ -295,7 +299,7 @@ def record_vote(
     row = dict(zip(VOTE_COLUMNS, (*params, verified), strict=True))
     # A new vote was created just now; a replaced one keeps its creation time.
     row.update(id=stored_id, created_at=tx.read_timestamp(created) if replaced else now)
-    row["updated_at"] = now
+    row.update(updated_at=now, lane=lane)
     return row, replaced
 
 
@@ -308,14 +312,15 @@ def change_vote(
     reason: str | None,
     comment: str | None,
 ) -> dict[str, Any] | None:
-    """Change one vote, found by its id (and completion), in one statement; None if gone."""
+    """Change one vote, found by its id (and completion), in one statement; None if gone.
+    The vote comes back with its completion's ``lane``."""
     now = utcnow()
     params = (rating, reason, comment, tx.timestamp(now), vote_id, completion_id)
     row = tx.one(VOTE_CHANGE, params)
     if row is None:
         return None
-    vote = dict(zip((*VOTE_COLUMNS, "created_at"), row, strict=True))
-    vote.update(verified=bool(vote["verified"]), created_at=tx.read_timestamp(row[-1]))
+    vote = dict(zip((*VOTE_COLUMNS, "created_at", "lane"), row, strict=True))
+    vote.update(verified=bool(vote["verified"]), created_at=tx.read_timestamp(row[-2]))
     vote["updated_at"] = now
     return vote
 

@@ -13,7 +13,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 
-from feedback.models import Rating
+from feedback.lanes import NAME_PATTERN, check_name
+from feedback.models import DEFAULT_LANE, Rating
 
 # The hard ceiling on any single text field; the body limit (64 KiB by default)
 # usually bites first. ``Settings.max_text_chars`` can lower it per deployment.
@@ -53,6 +54,16 @@ def _text(max_length: int) -> Any:
 Text = _text(MAX_TEXT)
 ShortText = _text(200)
 UserRef = _text(256)
+# A lane's name (feedback.lanes.check_name), refused with check_name's own words; the
+# pattern is stated in the spec so that clients and fuzzers know the rule.
+LaneName = Annotated[
+    str,
+    AfterValidator(check_name),
+    Field(
+        json_schema_extra={"pattern": NAME_PATTERN, "minLength": 1, "maxLength": 63},
+        description="A lane (use case): 1 to 63 lower-case letters, digits, '-' or '_'.",
+    ),
+]
 
 
 class Input(BaseModel):
@@ -71,6 +82,11 @@ class CompletionIn(Input):
     model: ShortText
     adapter_version: _text(100) | None = None
     metadata: Annotated[dict[str, Any], AfterValidator(_clean_json)] = Field(default_factory=dict)
+    lane: LaneName = Field(
+        DEFAULT_LANE,
+        description="The lane (use case) the completion belongs to; `model` stays the "
+        "upstream model that produced it. An unknown lane is a 404 listing the lanes.",
+    )
 
 
 # A signed vote token (feedback.auth.mint_vote_token): its user is at most 256
@@ -111,12 +127,16 @@ class PageQuery(Input):
 
     limit: int = Field(20, ge=1, le=100)
     offset: int = Field(0, ge=0, le=1_000_000)
+    lane: LaneName | None = Field(None, description="Only this lane's completions.")
 
 
 class ExportQuery(Input):
     model_config = ConfigDict(extra="forbid", strict=False)
 
     format: Literal["openai"] = "openai"
+    lane: LaneName | None = Field(
+        None, description="Only this lane's corrections (default: every lane)."
+    )
 
 
 class Created(BaseModel):
@@ -169,6 +189,7 @@ class CompletionOut(BaseModel):
     model: str
     adapter_version: str | None
     metadata: dict[str, Any]
+    lane: str
 
 
 class CompletionDetail(CompletionOut):

@@ -147,9 +147,10 @@ def add_correction(
 
 
 def review_queue(
-    session: Session, *, limit: int = 20, offset: int = 0
+    session: Session, *, limit: int = 20, offset: int = 0, lane: str | None = None
 ) -> tuple[list[tuple[Completion, int, datetime]], int]:
-    """Thumbs-down completions that no one has corrected yet, newest vote first."""
+    """Thumbs-down completions that no one has corrected yet, newest vote first;
+    only ``lane``'s when given (an unknown lane is :class:`~feedback.lanes.UnknownLaneError`)."""
     corrected = select(Correction.completion_id).where(Correction.status == "active")
     downs = (
         select(
@@ -161,21 +162,26 @@ def review_queue(
         .group_by(Feedback.completion_id)
         .subquery()
     )
-    total = session.execute(select(func.count()).select_from(downs)).scalar_one()
+    query = select(Completion, downs.c.down_votes, downs.c.last_down_at).join(
+        downs, downs.c.completion_id == Completion.id
+    )
+    if lane is not None:
+        lanes.get_lane(session, lane)
+        query = query.where(Completion.lane == lane)
+    total = session.execute(
+        select(func.count()).select_from(query.with_only_columns(Completion.id).subquery())
+    ).scalar_one()
     rows = session.execute(
-        select(Completion, downs.c.down_votes, downs.c.last_down_at)
-        .join(downs, downs.c.completion_id == Completion.id)
-        .order_by(downs.c.last_down_at.desc(), Completion.id)
-        .limit(limit)
-        .offset(offset)
+        query.order_by(downs.c.last_down_at.desc(), Completion.id).limit(limit).offset(offset)
     ).all()
     return [(c, n, last) for c, n, last in rows], total
 
 
 def iter_corrected(
-    session: Session, *, batch: int = 500
+    session: Session, *, batch: int = 500, lane: str | None = None
 ) -> Iterator[tuple[Completion, Correction]]:
-    """Each corrected completion with its active correction, oldest first."""
+    """Each corrected completion with its active correction, oldest first; only
+    ``lane``'s when given (callers check the lane exists first: this is a generator)."""
     stmt = (
         select(Completion, Correction)
         .join(Correction, Correction.completion_id == Completion.id)
@@ -183,6 +189,8 @@ def iter_corrected(
         .order_by(col(Correction.created_at), Correction.id)
         .execution_options(yield_per=batch)
     )
+    if lane is not None:
+        stmt = stmt.where(Completion.lane == lane)
     yield from session.execute(stmt)  # rows unpack as (completion, correction)
 
 

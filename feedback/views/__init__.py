@@ -35,6 +35,7 @@ def completion_out(c: Completion) -> dict:
         model=c.model,
         adapter_version=c.adapter_version,
         metadata=c.meta,
+        lane=c.lane,
     ).model_dump(mode="json")
 
 

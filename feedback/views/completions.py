@@ -87,8 +87,9 @@ def _log(body: CompletionIn) -> Response:
             adapter_version=body.adapter_version,
             metadata=body.metadata,
             api_key_id=g.caller.id,
+            lane=body.lane,
         )
-        g.metrics.completions.inc()
+        g.metrics.completions.inc(lane=completion.lane)
         return {"id": completion.id}, 201
 
     return json_response(*run_write(rawsql.session_write(request_session()), action))

@@ -26,14 +26,15 @@ def post_correction(body: CorrectionIn):
     limit_text(body.corrected_response, body.note)
 
     def action(_tx):
+        session = request_session()
         correction = store.add_correction(
-            request_session(),
+            session,
             completion_id=body.completion_id,
             corrected_response=body.corrected_response,
             note=body.note,
             author=g.caller.name or f"key:{g.caller.id}",
         )
-        g.metrics.corrections.inc()
+        g.metrics.corrections.inc(lane=store.get_completion(session, body.completion_id).lane)
         return correction_out(correction), 201
 
     return json_response(*run_write(rawsql.session_write(request_session()), action))
@@ -43,9 +44,12 @@ def post_correction(body: CorrectionIn):
 @require("agent")
 @bp.input(PageQuery, location="query", arg_name="page")
 @bp.output(QueuePage)
-@bp.doc(security="bearer", responses=ERRORS)
+@bp.doc(security="bearer", responses={**ERRORS, 404: "No such lane"})
 def review_queue(page: PageQuery):
-    """Thumbs-down completions that have no correction yet, newest vote first."""
-    rows, total = store.review_queue(request_session(), limit=page.limit, offset=page.offset)
+    """Thumbs-down completions that have no correction yet, newest vote first (every
+    lane's, or `?lane=NAME`'s only)."""
+    rows, total = store.review_queue(
+        request_session(), limit=page.limit, offset=page.offset, lane=page.lane
+    )
     items = [{**completion_out(c), "down_votes": n, "last_down_at": last} for c, n, last in rows]
     return {"items": items, "total": total, "limit": page.limit, "offset": page.offset}

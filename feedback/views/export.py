@@ -8,8 +8,9 @@ from apiflask import APIBlueprint
 from flask import Response, current_app, stream_with_context
 from sqlalchemy.orm import Session
 
-from feedback import store
+from feedback import lanes, store
 from feedback.auth import require
+from feedback.context import request_session
 from feedback.schemas import ExportQuery
 from feedback.views import ERRORS
 
@@ -37,18 +38,28 @@ def openai_example(completion, correction) -> dict:
             "content": {"application/jsonl": {"schema": {"type": "string"}}},
         },
         **ERRORS,
+        404: "No such lane",
     },
 )
 def export(query: ExportQuery):
-    """Download corrected completions as OpenAI chat fine-tuning JSONL."""
+    """Download corrected completions as OpenAI chat fine-tuning JSONL.
+
+    Every lane's by default, each line naming its `lane`; `?lane=NAME` keeps one
+    lane's, as plain OpenAI lines (no `lane` key) ready to upload for a fine-tune.
+    """
     engine = current_app.extensions["tuneback"].engine
+    if query.lane is not None:
+        lanes.get_lane(request_session(), query.lane)  # a 404 now, not a broken stream
 
     def lines():
         # The request session is closed at teardown, before streaming ends,
         # so the stream reads with a session of its own.
         with Session(engine) as session:
-            for completion, correction in store.iter_corrected(session):
-                yield json.dumps(openai_example(completion, correction), ensure_ascii=False)
+            for completion, correction in store.iter_corrected(session, lane=query.lane):
+                example = openai_example(completion, correction)
+                if query.lane is None:
+                    example["lane"] = completion.lane
+                yield json.dumps(example, ensure_ascii=False)
                 yield "\n"
 
     return Response(

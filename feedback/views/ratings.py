@@ -61,7 +61,7 @@ def post_feedback():
 
     def action(tx):
         vote, replaced = _write_vote(tx, caller, body, token)
-        ext.metrics.vote(body.rating, caller.role)
+        ext.metrics.vote(body.rating, caller.role, vote["lane"])
         answer = feedback_out(vote, replaced)
         if not vote["verified"] and token is None:  # a new unverified vote: its own token
             answer["token"] = _mint(vote, int(time.time() + hours * 3600))

@@ -211,14 +211,15 @@ def test_export_is_openai_chat_jsonl_with_the_latest_correction(client, keys, co
     assert response.status_code == 200
     assert response.mimetype == "application/jsonl"
     lines = [json.loads(line) for line in response.data.decode().splitlines()]
-    assert lines == [
-        {
-            "messages": [
-                {"role": "user", "content": "My card hasn't arrived yet, what can I do?"},
-                {"role": "assistant", "content": "Your card ships in 3 days."},
-            ]
-        }
-    ]
+    example = {
+        "messages": [
+            {"role": "user", "content": "My card hasn't arrived yet, what can I do?"},
+            {"role": "assistant", "content": "Your card ships in 3 days."},
+        ]
+    }
+    assert lines == [{**example, "lane": "default"}]  # every lane's: each line names its own
+    one_lane = client.get("/v1/export?lane=default", headers=auth(keys["admin"]))
+    assert [json.loads(line) for line in one_lane.data.decode().splitlines()] == [example]
     bad = client.get("/v1/export?format=csv", headers=auth(keys["admin"]))
     assert bad.status_code == 422
 
@@ -227,7 +228,7 @@ def test_healthz_metrics_and_openapi(client, keys, completion_id):
     vote(client, keys["agent"], completion_id, "down", user="u")
     assert client.get("/healthz").json == {"status": "ok", "database": "ok"}
     metrics = client.get("/metrics").data.decode()
-    assert 'tuneback_feedback_total{rating="down",source="agent"} 1.0' in metrics
+    assert 'tuneback_feedback_total{lane="default",rating="down",source="agent"} 1.0' in metrics
     assert "tuneback_http_request_duration_seconds_bucket" in metrics
     spec = client.get("/openapi.json").json
     assert spec["openapi"].startswith("3.1")
