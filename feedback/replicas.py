@@ -1,14 +1,15 @@
 """Serving replicas in the store: heartbeats, and waiting for a rollout to reach them.
 
 Several serving processes (replicas, on one machine or many) follow the same
-promoted adapter in the database. Each one says what it serves: a
+promoted adapters in the database, one per lane. Each one says what it serves
+on every lane: a
 :class:`Heartbeat` thread upserts its :class:`~feedback.models.ServingReplica`
 row every ``interval`` seconds, and at once after each swap or refusal; a
 replica that stops cleanly deletes its row. A replica not heard from for
 ``stale_seconds`` counts as down.
 
-A promotion is done when every replica that is up serves the new version:
-:func:`wait_for_rollout` polls the rows until then, or until its timeout, and
+A promotion is done when every replica that is up serves the new version on
+its lane: :func:`wait_for_rollout` polls the rows until then, or until its timeout, and
 returns a :class:`Rollout` naming the replicas that are not there yet (or
 that refused the adapter, with the reason they gave).
 
@@ -24,8 +25,9 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
+from typing import Any
 
 from sqlalchemy import Engine, delete, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -34,7 +36,7 @@ from sqlalchemy.orm import Session
 from sqlmodel import col
 
 from feedback.db import write_session
-from feedback.models import ServingReplica, utcnow
+from feedback.models import DEFAULT_LANE, ServingReplica, utcnow
 
 log = logging.getLogger(__name__)
 BASE = "base"  # how reports name the bare base model
@@ -43,7 +45,12 @@ RETRY_SECONDS = 1.0  # a heartbeat that could not be written is tried again this
 
 @dataclass(frozen=True)
 class ReplicaState:
-    """What one replica serves, as its latest heartbeat said."""
+    """What one replica serves, as its latest heartbeat said.
+
+    ``serving``, ``refused`` and ``refused_reason`` are one lane's (the default
+    lane's, unless :meth:`for_lane` chose another); ``lanes`` holds every lane's
+    as the replica reported it (empty from a replica older than lanes).
+    """
 
     id: str
     url: str | None
@@ -51,10 +58,25 @@ class ReplicaState:
     refused: str | None
     refused_reason: str | None
     last_seen: datetime
+    lanes: dict[str, Any] = field(default_factory=dict)
+    lane: str = DEFAULT_LANE
 
     def describe(self) -> str:
         where = f" ({self.url})" if self.url else ""
         return f"{self.id}{where} serving {self.serving or BASE}"
+
+    def for_lane(self, lane: str) -> ReplicaState:
+        """This replica as seen on ``lane``: a lane it does not report serves the base
+        model there (a replica without lane reports serves the default lane only)."""
+        if not self.lanes:
+            if lane == DEFAULT_LANE:
+                return self
+            return replace(self, serving=None, refused=None, refused_reason=None, lane=lane)
+        state = self.lanes.get(lane) or {}
+        return replace(
+            self, serving=state.get("serving"), refused=state.get("refused"),
+            refused_reason=state.get("reason"), lane=lane,
+        )  # fmt: skip
 
 
 # --- rows ----------------------------------------------------------------------------
@@ -70,14 +92,22 @@ def record_heartbeat(
     serving: str | None,
     refused: str | None = None,
     refused_reason: str | None = None,
+    lanes: dict[str, Any] | None = None,
 ) -> None:
-    """Insert or refresh one replica's row (one statement, safe under concurrency)."""
+    """Insert or refresh one replica's row (one statement, safe under concurrency).
+
+    ``lanes`` is every lane's state, ``{lane: {"serving", "refused", "reason"}}``;
+    the other arguments are the default lane's (kept in their own columns for
+    readers older than lanes). Without ``lanes``, they alone are recorded.
+    """
     dialect = session.get_bind().dialect.name
     insert = pg_insert if dialect == "postgresql" else sqlite_insert
     now = utcnow()
+    if lanes is None:
+        lanes = {DEFAULT_LANE: {"serving": serving, "refused": refused, "reason": refused_reason}}
     values = dict(
         host=host[:255], url=url, pid=pid, serving=serving, refused=refused,
-        refused_reason=refused_reason, last_seen=now,
+        refused_reason=refused_reason, lanes=lanes, last_seen=now,
     )  # fmt: skip
     stmt = insert(ServingReplica).values(id=replica_id[:200], started_at=now, **values)
     session.execute(stmt.on_conflict_do_update(index_elements=["id"], set_=values))
@@ -98,7 +128,10 @@ def live_replicas(session: Session, *, stale_seconds: float) -> list[ReplicaStat
         .execution_options(populate_existing=True)
     ).scalars()
     return [
-        ReplicaState(r.id, r.url, r.serving, r.refused, r.refused_reason, r.last_seen) for r in rows
+        ReplicaState(
+            r.id, r.url, r.serving, r.refused, r.refused_reason, r.last_seen, dict(r.lanes or {})
+        )
+        for r in rows
     ]
 
 
@@ -107,13 +140,15 @@ def live_replicas(session: Session, *, stale_seconds: float) -> list[ReplicaStat
 
 @dataclass(frozen=True)
 class Rollout:
-    """Where a promoted ``version`` (None: the base model) stands across live replicas."""
+    """Where a ``lane``'s promoted ``version`` (None: the base model) stands across
+    live replicas; the replicas listed are as seen on that lane."""
 
     version: str | None
     on: list[ReplicaState] = field(default_factory=list)
     behind: list[ReplicaState] = field(default_factory=list)
     refused: list[ReplicaState] = field(default_factory=list)
     waited_s: float = 0.0
+    lane: str = DEFAULT_LANE
 
     @property
     def done(self) -> bool:
@@ -122,6 +157,8 @@ class Rollout:
     def report(self) -> str:
         """One line: done on which replicas, or which are not there and why."""
         name = self.version or "the base model"
+        if self.lane != DEFAULT_LANE:
+            name = f"lane {self.lane}: {name}"
         if self.done:
             if not self.on:
                 return f"{name}: no serving replica is up; replicas load it when they start"
@@ -133,29 +170,38 @@ class Rollout:
 
 
 def rollout_status(
-    session: Session, *, version: str | None, stale_seconds: float, waited_s: float = 0.0
+    session: Session,
+    *,
+    version: str | None,
+    lane: str = DEFAULT_LANE,
+    stale_seconds: float,
+    waited_s: float = 0.0,
 ) -> Rollout:
+    """Which live replicas serve ``version`` on ``lane``, which do not yet, which refused it."""
     on, behind, refused = [], [], []
-    for replica in live_replicas(session, stale_seconds=stale_seconds):
+    for found in live_replicas(session, stale_seconds=stale_seconds):
+        replica = found.for_lane(lane)
         if replica.serving == version:
             on.append(replica)
         elif version is not None and replica.refused == version:
             refused.append(replica)
         else:
             behind.append(replica)
-    return Rollout(version, on, behind, refused, waited_s)
+    return Rollout(version, on, behind, refused, waited_s, lane)
 
 
 def wait_for_rollout(
     engine: Engine,
     *,
     version: str | None,
+    lane: str = DEFAULT_LANE,
     timeout: float,
     stale_seconds: float,
     poll_seconds: float = 0.25,
     progress: Callable[[Rollout], None] | None = None,
 ) -> Rollout:
-    """Poll until every live replica serves ``version``, one refused it, or ``timeout``.
+    """Poll until every live replica serves ``version`` on ``lane``, one refused it,
+    or ``timeout``. Other lanes' states do not matter.
 
     ``progress`` is called whenever the set of replicas still behind changes,
     so a command can say what it is waiting for.
@@ -166,7 +212,7 @@ def wait_for_rollout(
         waited = time.monotonic() - started
         with Session(engine) as session:
             rollout = rollout_status(
-                session, version=version, stale_seconds=stale_seconds, waited_s=waited
+                session, version=version, lane=lane, stale_seconds=stale_seconds, waited_s=waited
             )
         if rollout.done or rollout.refused or waited >= timeout:
             return rollout
@@ -179,8 +225,9 @@ def wait_for_rollout(
 
 # --- the heartbeat -------------------------------------------------------------------
 
-# What the serving side reports: (serving version, refused version, refusal reason).
-StateFn = Callable[[], tuple[str | None, str | None, str | None]]
+# What the serving side reports: every lane's {"serving", "refused", "reason"} (or,
+# from an older caller, the default lane's (serving, refused, reason) tuple).
+StateFn = Callable[[], dict[str, dict[str, Any]] | tuple[str | None, str | None, str | None]]
 
 
 def default_replica_id(port: int) -> str:
@@ -231,11 +278,18 @@ class Heartbeat:
         self.engine.dispose()
 
     def beat(self) -> None:
-        serving, refused, reason = self._state() if self._state else (None, None, None)
+        state = self._state() if self._state else (None, None, None)
+        lanes = None
+        if isinstance(state, dict):
+            lanes = state
+            default = state.get(DEFAULT_LANE) or {}
+            state = (default.get("serving"), default.get("refused"), default.get("reason"))
+        serving, refused, reason = state
         with write_session(self.engine) as session:
             record_heartbeat(
                 session, replica_id=self.replica_id, host=socket.gethostname(), url=self.url,
                 pid=os.getpid(), serving=serving, refused=refused, refused_reason=reason,
+                lanes=lanes,
             )  # fmt: skip
             session.commit()
         self.beats += 1

@@ -1,102 +1,57 @@
-"""Follow the promoted adapter in the store; swap it in without stopping or mixing.
+"""Follow every lane's promoted adapter in the store; swap each in without stopping or mixing.
 
-The store says which adapter is promoted (:func:`feedback.adapters.store.promoted_adapter`).
-A :class:`Swapper` thread polls it, and when it changes, off the request path:
-verifies the folder (checksum, base model, version), reads and checks the
+The store says which adapter each lane has promoted
+(:func:`feedback.adapters.store.promoted_by_lane`, one query). A
+:class:`Swapper` thread polls it, and when a lane's changes, off the request
+path: verifies the folder (checksum, base model, version), reads and checks the
 weights against the model (modules, shapes, ranks), attaches them beside the
-current adapter, switches the *current* pointer, and merges the new adapter
-for fast decoding in the background.
+others, and switches that lane's *current* pointer. The default lane's adapter
+is also merged for fast decoding in the background (other lanes decode
+unmerged, so no lane's promotion changes how another lane's answers are
+computed).
 
-Leases make swaps safe. A request takes a lease on the current adapter when it
-is admitted and generates with that adapter to the end, whatever is promoted
-meanwhile; an adapter is unloaded only when it is no longer current and its
-last lease is released. At most ``slots`` adapters are held at once (a swap
-waits for one to drain), so memory stays bounded however often adapters change.
+Leases make swaps safe: a request leases its lane's current adapter when it is
+admitted and keeps it to the end, whatever is promoted meanwhile; an adapter
+is unloaded only when it is no longer current and its last lease is released.
 
-A request for ``default`` first reads the promoted version from the store; if
-the swapper has not switched to it yet, the request waits (up to
+Memory is bounded twice: at most ``max_adapters`` adapters in all, and at most
+``slots`` per lane (the current one plus those still finishing requests; a
+swap waits for one to drain). When the total is reached, the least recently
+used lane whose adapter is idle (no leases) has it unloaded; its next request
+loads it again, verified like every load, waiting up to ``wait_seconds``
+(past that: a 503 with Retry-After, never another adapter).
+
+A request for a lane first reads that lane's promoted version from the store;
+if the swapper has not switched to it yet, the request waits (up to
 ``wait_seconds``) for it. So an answer's adapter is always one that was
-promoted at some moment of its request. A broken adapter is refused once per
-promotion, with a logged error, and the current one keeps serving.
+promoted for its lane at some moment of its request. A broken adapter is
+refused once per promotion, with a logged error, and its lane keeps what it
+served; other lanes are not touched.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine
-from sqlalchemy.orm import Session
 
-from feedback.adapters import store as adapter_store
 from feedback.adapters.files import CorruptAdapterError, verify_adapter_dir
+from feedback.models import DEFAULT_LANE
+from serve import slots
+from serve.schemas import OverloadedError
+from serve.slots import UNKNOWN, LaneState, Lease, Slot, SwapStats, Target
 
 log = logging.getLogger(__name__)
-UNKNOWN = object()  # the store could not be read
-
-
-@dataclass(frozen=True)
-class Target:
-    """The promoted adapter as the store describes it."""
-
-    version: str
-    checksum: str
-    path: str
-    promoted_at: datetime | None = None
-
-    @property
-    def key(self) -> tuple:
-        return (self.version, self.checksum, self.promoted_at)
-
-
-@dataclass(eq=False)
-class Slot:
-    """An adapter in memory (``adapter`` None: the base model), with its lease count."""
-
-    adapter: str | None
-    version: str | None
-    checksum: str | None = None
-    refs: int = 0
-
-
-@dataclass(eq=False)
-class Lease:
-    """A request's hold on one adapter until its answer is complete."""
-
-    swapper: Swapper
-    slot: Slot
-    released: bool = False
-
-    @property
-    def adapter(self) -> str | None:
-        return self.slot.adapter
-
-    @property
-    def version(self) -> str | None:
-        return self.slot.version
-
-    def release(self) -> None:
-        if not self.released:
-            self.released = True
-            self.swapper._release(self.slot)
-
-
-@dataclass
-class SwapStats:
-    swaps: int = 0
-    refused: int = 0
-    last_swap_ms: float | None = None
-    refusals: dict[tuple, str] = field(default_factory=dict)
 
 
 class Swapper:
-    """Which adapter serves, and the thread that keeps it in line with the store.
+    """Which adapter serves each lane, and the thread that keeps them in line with the store.
 
     ``host`` is the :class:`serve.lora.AdapterHost` (``load``, ``add``,
     ``remove``, ``merge``); ``base_model`` is the string adapters must name as
@@ -110,21 +65,22 @@ class Swapper:
         *,
         base_model: str,
         slots: int = 3,
+        max_adapters: int = 8,
         poll_seconds: float = 1.0,
         wait_seconds: float = 10.0,
         on_swap: Callable[[str, float], None] | None = None,
         heartbeat: Any = None,
     ) -> None:
         self.sql, self.host, self.base_model = sql, host, base_model
-        self.slots, self.poll_seconds, self.wait_seconds = slots, poll_seconds, wait_seconds
+        self.slots, self.max_adapters = slots, max_adapters
+        self.poll_seconds, self.wait_seconds = poll_seconds, wait_seconds
         self.on_swap = on_swap or (lambda outcome, seconds: None)
         # A feedback.replicas.Heartbeat (or None): tells the store what this
         # replica serves, so a promotion can wait until every replica has it.
         self.heartbeat = heartbeat
-        self._target: Any = UNKNOWN
         self.base = Slot(None, None)
         self.stats = SwapStats()
-        self._current = self.base
+        self._lanes = {DEFAULT_LANE: LaneState(DEFAULT_LANE, self.base)}
         self._loaded: dict[str, Slot] = {}
         self._cond = threading.Condition()
         self._nudge, self._stop = threading.Event(), threading.Event()
@@ -135,61 +91,101 @@ class Swapper:
 
     def lease_base(self) -> Lease:
         with self._cond:
-            return self._lease(self.base)
+            return self._lease(self.base, None)
 
     def lease_default(self) -> Lease:
-        """A lease on the promoted adapter, waiting briefly for a swap the store announced."""
-        deadline = time.monotonic() + self.wait_seconds
-        target = self._read_target_quietly()
-        while True:
-            with self._cond:
-                left = deadline - time.monotonic()
-                if left <= 0 or not self.running or self._settled(target):
-                    return self._lease(self._current)
-                self._nudge.set()
-                self._cond.wait(min(0.1, left))
-            target = self._read_target_quietly()
+        return self.lease_lane(DEFAULT_LANE)
 
-    def _settled(self, target: Any) -> bool:
+    def lease_lane(self, lane: str) -> Lease:
+        """A lease on ``lane``'s promoted adapter, waiting briefly for a swap the store
+        announced, or for the adapter to be loaded again after it was unloaded."""
+        deadline = time.monotonic() + self.wait_seconds
+        target = slots.read_lane(self.sql, lane)
+        while True:
+            inline = False
+            with self._cond:
+                state = self._lane(lane)
+                state.used = time.monotonic()
+                left, current = deadline - time.monotonic(), state.current
+                if current is not None and (
+                    left <= 0 or not self.running or self._settled(current, target)
+                ):
+                    return self._lease(current, lane)
+                if current is None:
+                    state.wanted = True
+                    if left <= 0:
+                        raise OverloadedError(
+                            f"lane {lane!r}: its adapter is being loaded; retry shortly",
+                            retry_after=max(1, math.ceil(self.poll_seconds)),
+                        )
+                    inline = not self.running
+                if not inline:
+                    self._nudge.set()
+                    self._cond.wait(min(0.1, left))
+            if inline:
+                self.sync()  # no watcher thread (tests, tools): load it here
+            target = slots.read_lane(self.sql, lane)
+
+    def _settled(self, slot: Slot, target: Any) -> bool:
         """True when waiting for ``target`` is pointless: served already, refused, or unknown."""
-        if target is UNKNOWN or self._serves(self._current, target):
+        if target is UNKNOWN or self._serves(slot, target):
             return True
         return target is not None and target.key in self.stats.refusals
 
-    def _lease(self, slot: Slot) -> Lease:
+    def _lease(self, slot: Slot, lane: str | None) -> Lease:
         slot.refs += 1
-        return Lease(self, slot)
+        return Lease(self, slot, lane)
 
     def _release(self, slot: Slot) -> None:
         with self._cond:
             slot.refs -= 1
             gone = self._unload_if_idle(slot)
+            self._cond.notify_all()  # an idle adapter may now be unloaded to make room
         if gone:
             self.host.remove(gone)
+
+    def _lane(self, name: str) -> LaneState:
+        """The lane's state, created (on the base model) when first seen; lock held."""
+        state = self._lanes.get(name)
+        if state is None:
+            state = self._lanes[name] = LaneState(name, self.base)
+        return state
 
     # --- state ------------------------------------------------------------------------
 
     @property
     def serving(self) -> str | None:
-        """The version new requests get (None: the base model)."""
-        return self._current.version
+        """The version new requests of the default lane get (None: the base model)."""
+        state = self._lanes.get(DEFAULT_LANE)
+        return state.serving if state else None
+
+    @property
+    def _current(self) -> Slot:
+        """The default lane's current slot (the base slot while none is loaded)."""
+        state = self._lanes.get(DEFAULT_LANE)
+        return state.current if state and state.current else self.base
 
     @property
     def loaded(self) -> list[str]:
         with self._cond:
-            return sorted(slot.version for slot in self._loaded.values())
+            return self.loaded_names()
 
-    def replica_state(self) -> tuple[str | None, str | None, str | None]:
-        """(version served, version refused, why) for this replica's heartbeat.
+    def loaded_names(self) -> list[str]:
+        return sorted(str(slot.version) for slot in self._loaded.values())
 
-        A refusal is reported only while the refused promotion is still the
-        promoted one, so a later good promotion never looks refused.
-        """
-        target = self._target
-        reason = None
-        if isinstance(target, Target):
-            reason = self.stats.refusals.get(target.key)
-        return self.serving, target.version if reason else None, reason
+    def lane_states(self) -> dict[str, dict[str, Any]]:
+        """Each lane this server knows: what it serves, whether it is in memory, refusals."""
+        with self._cond:
+            lanes = sorted(self._lanes.values(), key=lambda s: (s.name != DEFAULT_LANE, s.name))
+            return {state.name: slots.lane_report(state, self.stats.refusals) for state in lanes}
+
+    def replica_state(self) -> dict[str, dict[str, Any]]:
+        """Every lane's state for this replica's heartbeat (:mod:`feedback.replicas`)."""
+        keep = ("serving", "refused", "reason", "loaded")
+        return {
+            lane: {k: v for k, v in state.items() if k in keep}
+            for lane, state in self.lane_states().items()
+        }
 
     @property
     def running(self) -> bool:
@@ -223,42 +219,48 @@ class Swapper:
             self._nudge.clear()
 
     def sync(self) -> None:
-        """Bring the current adapter in line with the store (one poll)."""
-        target = self._read_target_quietly()
-        if target is not UNKNOWN:
-            self._target = target
-        if target is UNKNOWN or self._serves(self._current, target):
+        """Bring every lane in line with the store (one poll)."""
+        targets = slots.read_targets(self.sql)
+        if targets is UNKNOWN:
             return
-        if target is None:
-            self._switch(self.base, started=time.perf_counter())
-            return
-        if target.key in self.stats.refusals:
+        with self._cond:
+            names = sorted(set(targets) | set(self._lanes), key=lambda n: (n != DEFAULT_LANE, n))
+        for name in names:
+            self._sync_lane(name, targets.get(name))
+
+    def _sync_lane(self, name: str, target: Target | None) -> None:
+        with self._cond:
+            state = self._lane(name)
+            state.target = target
+            current, wanted, good = state.current, state.wanted, state.good
+        if current is not None and self._serves(current, target):
             return
         started = time.perf_counter()
+        if target is None:
+            self._switch(state, self.base, None, started=started)
+        elif target.key not in self.stats.refusals:
+            if current is None and not wanted and good is not None and good.key == target.key:
+                return  # unloaded to make room: loaded again when a request wants it
+            self._bring(state, target, started)
+        elif current is None and wanted and good and good.key not in self.stats.refusals:
+            self._bring(state, good, started)  # its new promotion was refused: its previous one
+
+    def _bring(self, state: LaneState, target: Target, started: float) -> None:
+        """Load (or reuse) ``target`` and make it the lane's current adapter."""
         slot = self._find_loaded(target)
         if slot is None:
             try:
-                slot = self._load(target)
+                slot = self._load(state, target)
             except CorruptAdapterError as error:
-                self._refuse(target, error)
+                self._refuse(state, target, error)
                 return
             if slot is None:
-                return  # no free slot yet, or stopping: try again at the next poll
-        if not self._switch(slot, started=started):
+                return  # no room yet, or stopping: try again at the next poll
+        reload = state.current is None and state.good is not None and state.good.key == target.key
+        if not self._switch(state, slot, target, started=started, reload=reload):
             return
-        if slot.adapter is not None and self.host.merge(slot.adapter):
+        if state.name == DEFAULT_LANE and slot.adapter and self.host.merge(slot.adapter):
             log.info("adapter %s merged for decoding", slot.version)
-
-    def _read_target_quietly(self) -> Any:
-        try:
-            with Session(self.sql) as session:
-                row = adapter_store.promoted_adapter(session)
-                if row is None:
-                    return None
-                return Target(row.version, row.checksum, row.path, row.promoted_at)
-        except Exception as error:  # noqa: BLE001 - keep serving what we have
-            log.warning("cannot read the promoted adapter from the store: %s", error)
-            return UNKNOWN
 
     def _serves(self, slot: Slot, target: Target | None) -> bool:
         if target is None:
@@ -270,7 +272,7 @@ class Swapper:
         with self._cond:
             return next((s for s in self._loaded.values() if self._serves(s, target)), None)
 
-    def _load(self, target: Target) -> Slot | None:
+    def _load(self, state: LaneState, target: Target) -> Slot | None:
         """Verify and read ``target`` into a free slot; None if no slot freed up in time."""
         verify_adapter_dir(
             target.path,
@@ -280,50 +282,83 @@ class Swapper:
         )
         with self._cond:
             room = self._cond.wait_for(
-                lambda: len(self._loaded) < self.slots or self._stop.is_set(),
+                lambda: self._room(state.name) or self._stop.is_set(),
                 timeout=max(self.poll_seconds, 1.0),
             )
             if not room or self._stop.is_set():
-                log.info("adapter %s waits for a free slot (%s in use)", target.version,
-                         ", ".join(self.loaded_names()))  # fmt: skip
+                log.info("lane %s: adapter %s waits for a free slot (%s in use)", state.name,
+                         target.version, ", ".join(self.loaded_names()))  # fmt: skip
                 return None
+            gone = self._make_room(state.name)
+        for name in gone:
+            self.host.remove(name)
+            self.on_swap("unloaded", 0.0)
         # A fresh name per load: a late removal of an earlier load of the same
         # version (its last lease ending) can never remove this one.
         self._loads += 1
         name = f"{target.version}#{self._loads}"
         self.host.add(self.host.load(name, Path(target.path)))
-        slot = Slot(name, target.version, target.checksum)
+        slot = Slot(name, target.version, target.checksum, lane=state.name)
         with self._cond:
             self._loaded[name] = slot
         return slot
 
-    def loaded_names(self) -> list[str]:
-        return sorted(str(slot.version) for slot in self._loaded.values())
+    def _room(self, lane: str) -> bool:
+        """Whether one more adapter may be loaded for ``lane`` (lock held)."""
+        own = sum(1 for slot in self._loaded.values() if slot.lane == lane)
+        if own >= self.slots:
+            return False
+        return len(self._loaded) < self.max_adapters or self._victim(lane) is not None
 
-    def _switch(self, slot: Slot, *, started: float) -> bool:
-        """Make ``slot`` current; False if it was unloaded meanwhile (its last lease
-        ended between finding and switching): the next poll loads it afresh."""
+    def _victim(self, lane: str) -> LaneState | None:
+        """The least recently used lane whose current adapter is idle; ``lane`` itself last."""
+        idle = [
+            s for s in self._lanes.values()
+            if s.current is not None and s.current.adapter is not None and s.current.refs == 0
+        ]  # fmt: skip
+        return min(idle, key=lambda s: (s.name == lane, s.used), default=None)
+
+    def _make_room(self, lane: str) -> list[str]:
+        """Unload idle lanes' adapters until one more fits; the host names to remove."""
+        gone = []
+        while len(self._loaded) >= self.max_adapters and (victim := self._victim(lane)):
+            slot = victim.current
+            victim.current, victim.unloads = None, victim.unloads + 1
+            self.stats.unloads += 1
+            self._loaded.pop(slot.adapter, None)
+            gone.append(slot.adapter)
+            log.info("lane %s: adapter %s unloaded to make room (least recently used); "
+                     "loaded again on its next request", victim.name, slot.version)  # fmt: skip
+        return gone
+
+    def _switch(
+        self, state: LaneState, slot: Slot, target: Target | None, *, started: float,
+        reload: bool = False,
+    ) -> bool:  # fmt: skip
+        """Make ``slot`` the lane's current; False if it was unloaded meanwhile (its last
+        lease ended between finding and switching): the next poll loads it afresh."""
         with self._cond:
             if slot.adapter is not None and self._loaded.get(slot.adapter) is not slot:
                 self._nudge.set()
                 return False
-            old, self._current = self._current, slot
-            gone = self._unload_if_idle(old)
+            old, state.current = state.current, slot
+            state.good, state.wanted = target, False
+            gone = self._unload_if_idle(old) if old is not None else None
             self._cond.notify_all()
         if gone:
             self.host.remove(gone)
         seconds = time.perf_counter() - started
-        self.stats.swaps += 1
-        self.stats.last_swap_ms = round(seconds * 1000, 1)
-        self.on_swap("swapped", seconds)
+        if not reload:
+            self.stats.swaps, state.swaps = self.stats.swaps + 1, state.swaps + 1
+            self.stats.last_swap_ms = state.last_swap_ms = round(seconds * 1000, 1)
+        self.on_swap("reloaded" if reload else "swapped", seconds)
         if self.heartbeat is not None:
             self.heartbeat.nudge()
         log.info(
-            "now serving %s (was %s), switched in %.0f ms",
+            "lane %s: now serving %s (%s), in %.0f ms", state.name,
             slot.version or "the base model",
-            old.version or "the base model",
-            seconds * 1000,
-        )
+            "loaded again" if reload else f"was {_name(old)}", seconds * 1000,
+        )  # fmt: skip
         return True
 
     def _unload_if_idle(self, slot: Slot) -> str | None:
@@ -332,16 +367,20 @@ class Swapper:
         Called with the condition held; the caller removes from the host after
         releasing it (removal may wait for a merged batch to finish).
         """
-        if slot.adapter is None or slot.refs > 0 or slot is self._current:
+        if slot.adapter is None or slot.refs > 0:
+            return None
+        owner = self._lanes.get(slot.lane) if slot.lane else None
+        if owner is not None and owner.current is slot:
             return None
         if self._loaded.pop(slot.adapter, None) is None:
             return None
         self._cond.notify_all()
         return slot.adapter
 
-    def _refuse(self, target: Target, error: Exception) -> None:
+    def _refuse(self, state: LaneState, target: Target, error: Exception) -> None:
         with self._cond:
             self.stats.refused += 1
+            state.refused += 1
             self.stats.refusals[target.key] = str(error)
             while len(self.stats.refusals) > 100:
                 self.stats.refusals.pop(next(iter(self.stats.refusals)))
@@ -350,6 +389,12 @@ class Swapper:
         if self.heartbeat is not None:
             self.heartbeat.nudge()
         log.error(
-            "refusing adapter %s: %s; still serving %s",
-            target.version, error, self._current.version or "the base model",
+            "lane %s: refusing adapter %s: %s; still serving %s", state.name,
+            target.version, error, _name(state.current) if state.current else state.serving,
         )  # fmt: skip
+
+
+def _name(slot: Slot | None) -> str:
+    if slot is None:
+        return "nothing (unloaded)"
+    return slot.version or "the base model"
