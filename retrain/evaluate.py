@@ -44,6 +44,8 @@ class EvalJob(ChildJob):
     heldout: list[dict] = field(default_factory=list)  # {"prompt": [...], "completion": str}
     positives: list[dict] = field(default_factory=list)
     golden: list[dict] = field(default_factory=list)
+    # The lane's answer schema: every answer is then decoded under it, as served.
+    response_schema: dict[str, Any] | None = None
     max_new_tokens: int = 96
     batch_size: int = 8
     run_id: str = "-"
@@ -255,7 +257,8 @@ def score_model(scorer: Scorer, name: str, job: EvalJob) -> dict[str, float]:
 
     def answers(cases: list[dict]) -> list[str]:
         prompts = [_messages(case["prompt"]) for case in cases]
-        return scorer.generate(prompts, scorer.budget(cases, job.max_new_tokens), job.batch_size)
+        budget = scorer.budget(cases, job.max_new_tokens)
+        return scorer.generate(prompts, budget, job.batch_size, schema=job.response_schema)
 
     with scorer.use(name):
         if job.heldout:

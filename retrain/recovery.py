@@ -77,20 +77,24 @@ def stop_children(folder: Path) -> list[int]:
     return stopped
 
 
-def recover(settings: Settings, engine: Engine, run: RetrainRun) -> None:
+def recover(settings: Settings, engine: Engine, runs: list[RetrainRun]) -> None:
     """Clean up after cycles that died without finishing (we hold the lease now).
 
-    Their runs become ``failed`` (abandoned), their work folders go, and so do
-    dataset folders without a row and adapter folders without a row
-    (:meth:`Registry.recover`, which also rewrites ``CURRENT``).
+    ``runs`` are this call's own (queued, one per lane): every other run that
+    started before them and never finished becomes ``failed`` (abandoned), its
+    work folder goes, and so do dataset folders without a row and adapter
+    folders without a row (:meth:`Registry.recover`, which also rewrites every
+    lane's ``CURRENT``).
     """
+    ours = [run.id for run in runs]
+    latest = max(run.started_at for run in runs)
     with write_session(engine) as session:
         dead = list(
             session.execute(
                 select(RetrainRun.id).where(
                     col(RetrainRun.finished_at).is_(None),
-                    RetrainRun.id != run.id,
-                    RetrainRun.started_at <= run.started_at,
+                    col(RetrainRun.id).not_in(ours),
+                    RetrainRun.started_at <= latest,
                 )
             ).scalars()
         )
@@ -99,7 +103,7 @@ def recover(settings: Settings, engine: Engine, run: RetrainRun) -> None:
                 update(RetrainRun)
                 .where(col(RetrainRun.id).in_(dead))
                 .values(status="failed", finished_at=utcnow(),
-                        error=f"abandoned: the process died; found by run {run.id}")
+                        error=f"abandoned: the process died; found by run {ours[0]}")
             )  # fmt: skip
         snapshots = set(session.execute(select(DatasetSnapshot.id)).scalars())
         session.commit()
@@ -111,6 +115,6 @@ def recover(settings: Settings, engine: Engine, run: RetrainRun) -> None:
         shutil.rmtree(folder, ignore_errors=True)
     removed += Registry.from_settings(settings, engine).recover()
     for run_id in dead:
-        log.warning("run %s: marked run %s failed (abandoned: its process died)", run.id, run_id)
+        log.warning("run %s: marked run %s failed (abandoned: its process died)", ours[0], run_id)
     if removed:
-        log.info("run %s: removed %d folders left by crashed runs", run.id, len(removed))
+        log.info("run %s: removed %d folders left by crashed runs", ours[0], len(removed))

@@ -1,7 +1,9 @@
 """Run retrain cycles on a cron schedule (APScheduler 3, one process).
 
-Each tick is identified by its scheduled time, stored unique on the run row:
-two schedulers started by mistake still run one cycle per tick. A tick missed
+Each tick runs a cycle of every lane, one after another (:func:`retrain.cycle.run_lanes`),
+each lane with its own run row. The tick's runs are claimed all at once, and
+(scheduled time, lane) is unique on the run row: two schedulers started by
+mistake still run each lane's cycle once per tick. A tick missed
 while the scheduler was down runs once at the next start if it is no older
 than the grace window.
 
@@ -24,9 +26,11 @@ from apscheduler.triggers.cron import CronTrigger
 from sqlalchemy import Engine
 
 from feedback.exceptions import InvalidInputError
+from feedback.models import DEFAULT_LANE
 from feedback.replicas import wait_for_rollout
 from feedback.settings import Settings
-from retrain.cycle import CycleFailedError, run_cycle
+from retrain.cycle import run_lanes
+from retrain.outcome import CycleResult
 
 log = logging.getLogger("retrain.scheduler")
 
@@ -62,25 +66,31 @@ def previous_tick(trigger: CronTrigger, now: datetime) -> datetime | None:
     return None
 
 
-def run_tick(settings: Settings, engine: Engine, tick: datetime) -> None:
+def run_tick(settings: Settings, engine: Engine, tick: datetime) -> list[CycleResult]:
+    """Run a cycle of every lane for ``tick``, one after another, each with its own run
+    row; a lane that fails is logged and the next runs. A tick that already has its
+    runs (another scheduler, or a restart) runs nothing and returns ``skipped`` results."""
     tick = tick.astimezone(UTC)  # stored in UTC: the same tick compares equal everywhere
-    log.info("scheduled cycle for %s", tick.isoformat())
-    try:
-        result = run_cycle(settings, engine, trigger="schedule", scheduled_for=tick)
-        log.info(
-            "scheduled cycle for %s: %s %s",
+    log.info("scheduled cycles for %s", tick.isoformat())
+    results = run_lanes(settings, engine, trigger="schedule", scheduled_for=tick)
+    for result in results:
+        (log.error if result.status == "failed" else log.info)(
+            "scheduled cycle of lane %s for %s: %s %s",
+            result.lane,
             tick.isoformat(),
             result.status,
             result.reason or result.adapter or "",
         )
         if result.status == "promoted":
-            report_rollout(settings, engine, result.adapter)
-    except CycleFailedError as error:
-        log.error("scheduled cycle for %s failed: %s", tick.isoformat(), error)
+            report_rollout(settings, engine, result.adapter, lane=result.lane)
+    return results
 
 
-def report_rollout(settings: Settings, engine: Engine, version: str | None) -> None:
-    """Wait for the serving replicas to take a promoted adapter and log where it stands.
+def report_rollout(
+    settings: Settings, engine: Engine, version: str | None, *, lane: str = DEFAULT_LANE
+) -> None:
+    """Wait for the serving replicas to take a lane's promoted adapter and log where it
+    stands.
 
     The promotion stands either way; a replica still behind is logged as an error,
     so the operator sees it the way ``tuneback adapters promote --wait`` shows it.
@@ -88,10 +98,11 @@ def report_rollout(settings: Settings, engine: Engine, version: str | None) -> N
     rollout = wait_for_rollout(
         engine,
         version=version,
+        lane=lane,
         timeout=settings.rollout_wait_seconds,
         stale_seconds=settings.replica_stale_seconds,
     )
-    (log.info if rollout.done else log.error)("rollout: %s", rollout.report())
+    (log.info if rollout.done else log.error)("rollout of lane %s: %s", lane, rollout.report())
 
 
 def catch_up(settings: Settings, engine: Engine, trigger: CronTrigger, now: datetime) -> bool:

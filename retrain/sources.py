@@ -1,16 +1,18 @@
-"""Read the store into the plain rows ``retrain.dataset`` builds from."""
+"""Read the store into the plain rows ``retrain.dataset`` builds from, one lane at a time."""
 
 from __future__ import annotations
 
 from sqlalchemy.orm import Session
 
 from feedback import run_store
+from feedback.models import DEFAULT_LANE
 from retrain.rows import SourceRow, Vote
 
 
-def load_source_rows(session: Session) -> list[SourceRow]:
+def load_source_rows(session: Session, *, lane: str = DEFAULT_LANE) -> list[SourceRow]:
+    """The corrected or rated completions of ``lane`` (only its own: lanes never mix)."""
     rows = []
-    for item in run_store.corrected_and_rated(session):
+    for item in run_store.corrected_and_rated(session, lane=lane):
         completion, correction = item["completion"], item["correction"]
         rows.append(
             SourceRow(

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import click
 
+from feedback.models import DEFAULT_LANE
 from tuneback.runtime import load_settings, open_engine
 
 
@@ -37,10 +38,23 @@ def _wait_option(function):  # noqa: ANN001, ANN202
     )(function)
 
 
-def _rollout(settings, engine, version: str | None, wait: float | None):  # noqa: ANN001, ANN202
-    """Wait until the live serving replicas serve ``version``; say where it stands.
+def _lane_option(help_text: str):  # noqa: ANN202
+    return click.option("--lane", "lane", metavar="NAME", help=help_text)
 
-    Returns the :class:`feedback.replicas.Rollout`, or None when not waiting.
+
+def _check_lane(engine, name: str) -> str:  # noqa: ANN001
+    """``name`` if that lane exists; a clear error listing the lanes otherwise."""
+    from sqlalchemy.orm import Session
+
+    from feedback.lanes import get_lane
+
+    with Session(engine) as session:
+        return get_lane(session, name).name
+
+
+def _rollout(settings, engine, version: str | None, wait: float | None, lane: str):  # noqa: ANN001, ANN202
+    """Wait until the live serving replicas serve ``version`` on ``lane``; say where it
+    stands. Returns the :class:`feedback.replicas.Rollout`, or None when not waiting.
     """
     from feedback.replicas import wait_for_rollout
 
@@ -49,16 +63,17 @@ def _rollout(settings, engine, version: str | None, wait: float | None):  # noqa
         return None
 
     def progress(rollout) -> None:  # noqa: ANN001
-        click.echo(f"waiting for the replicas: {rollout.report()}", err=True)
+        click.echo(f"lane {lane}: waiting for the replicas: {rollout.report()}", err=True)
 
     rollout = wait_for_rollout(
         engine,
         version=version,
+        lane=lane,
         timeout=timeout,
         stale_seconds=settings.replica_stale_seconds,
         progress=progress,
     )
-    click.echo(rollout.report(), err=True)
+    click.echo(f"lane {lane}: {rollout.report()}", err=True)
     return rollout
 
 
@@ -66,37 +81,49 @@ ROLLOUT_INCOMPLETE = 3  # exit status: the change is recorded, but not served ev
 
 
 @click.command("retrain")
-@click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object.")
+@_lane_option("Run this lane's cycle only (default: every lane, one after another).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object per lane, one a line.")
 @_wait_option
-def retrain(as_json: bool, wait: float | None) -> None:
-    """Run one retrain cycle now; if it promotes, wait for the serving replicas."""
-    from retrain.cycle import CycleFailedError, run_cycle
+def retrain(lane: str | None, as_json: bool, wait: float | None) -> None:
+    """Run a retrain cycle of every lane now, one after another (or of --lane only).
+
+    A lane without enough new examples is skipped; a lane that fails does not stop
+    the next. Each lane that promotes waits for the serving replicas. Exits 1 if a
+    lane failed, else 3 if a promotion is not served everywhere yet, else 0.
+    """
+    from retrain.cycle import run_lanes
 
     _logging()
-    rollout = None
+    code = 0
     with _engine() as (settings, engine):
-        try:
-            result, code = run_cycle(settings, engine), 0
-        except CycleFailedError as error:
-            result, code = error.result, 1
-        if result.status == "promoted":
-            rollout = _rollout(settings, engine, result.adapter, wait)
-            if rollout is not None and not rollout.done:
-                code = ROLLOUT_INCOMPLETE
+        results = run_lanes(settings, engine, lanes=[lane] if lane is not None else None)
+        for result in results:
+            rollout = None
+            if result.status == "promoted":
+                rollout = _rollout(settings, engine, result.adapter, wait, result.lane)
+                if rollout is not None and not rollout.done:
+                    code = code or ROLLOUT_INCOMPLETE
+            _show(result, rollout, as_json)
+    if any(result.status == "failed" for result in results):
+        code = 1
+    sys.exit(code)
+
+
+def _show(result, rollout, as_json: bool) -> None:  # noqa: ANN001
+    """One lane's result: a JSON line, or a summary and the gate's reasons."""
     if as_json:
         body = result.to_dict()
         if rollout is not None:
             body["rollout"] = _rollout_dict(rollout)
         click.echo(json.dumps(body, default=str))
-    else:
-        click.echo(
-            f"run {result.run_id}: {result.status}"
-            + (f" ({result.reason})" if result.reason else "")
-            + (f", adapter {result.adapter}" if result.adapter else "")
-        )
-        for reason in result.gate.get("reasons", []):
-            click.echo(f"  gate: {reason}")
-    sys.exit(code)
+        return
+    click.echo(
+        f"lane {result.lane}: run {result.run_id}: {result.status}"
+        + (f" ({result.reason})" if result.reason else "")
+        + (f", adapter {result.adapter}" if result.adapter else "")
+    )
+    for reason in result.gate.get("reasons", []):
+        click.echo(f"  gate: {reason}")
 
 
 @click.command("scheduler")
@@ -111,28 +138,37 @@ def scheduler() -> None:
 
 @click.group("adapters")
 def adapters() -> None:
-    """Trained adapters: list, promote, roll back."""
+    """Trained adapters of each lane: list, promote, roll back."""
 
 
-def _registry(settings, engine):  # noqa: ANN001, ANN202
+def _registry(settings, engine, lane: str):  # noqa: ANN001, ANN202
     from feedback.adapters.registry import Registry
 
-    return Registry.from_settings(settings, engine)
+    return Registry.from_settings(settings, engine, lane=_check_lane(engine, lane))
 
 
 @adapters.command("list")
-def adapters_list() -> None:
-    """List adapter versions with their status and gate decision."""
-    with _engine() as (settings, engine):
-        rows = _registry(settings, engine).list()
-    click.echo(f"{'VERSION':<10}{'STATUS':<11}{'CREATED':<21}{'GATE':<6}PRIMARY METRIC")
+@_lane_option("List this lane's adapters only (default: every lane's, with a LANE column).")
+def adapters_list(lane: str | None) -> None:
+    """List adapter versions of every lane (or of --lane) with their status and gate
+    decision, newest first."""
+    from sqlalchemy.orm import Session
+
+    from feedback.adapters.store import list_adapter_versions
+
+    with _engine() as (_, engine):
+        if lane is not None:
+            _check_lane(engine, lane)
+        with Session(engine) as session:
+            rows = list_adapter_versions(session, lane=lane)
+    click.echo(f"{'LANE':<16}{'VERSION':<10}{'STATUS':<11}{'CREATED':<21}{'GATE':<6}PRIMARY METRIC")
     for row in rows:
         gate = row.gate or {}
         candidate = (row.metrics or {}).get("candidate") or {}
         primary = (gate.get("thresholds") or {}).get("primary", "heldout_overlap")
         value = candidate.get(primary)
         click.echo(
-            f"{row.version:<10}{row.status:<11}{row.created_at:%Y-%m-%d %H:%M}     "
+            f"{row.lane:<16}{row.version:<10}{row.status:<11}{row.created_at:%Y-%m-%d %H:%M}     "
             f"{'pass' if gate.get('passed') else 'fail':<6}"
             + (f"{primary}={value:.3f}" if isinstance(value, int | float) else "-")
         )
@@ -140,31 +176,36 @@ def adapters_list() -> None:
 
 @adapters.command("promote")
 @click.argument("version")
+@_lane_option("The lane VERSION belongs to (default: default).")
 @click.option("--force", is_flag=True, help="Promote even a rejected or corrupt adapter.")
 @_wait_option
-def adapters_promote(version: str, force: bool, wait: float | None) -> None:
-    """Promote VERSION (refuses rejected or corrupt adapters unless --force).
+def adapters_promote(version: str, lane: str | None, force: bool, wait: float | None) -> None:
+    """Promote VERSION in its lane (refuses rejected or corrupt adapters unless --force).
 
-    Then waits until every live serving replica serves it; exits 3 (the
-    promotion stands) naming the replicas that do not, if some still do not.
+    Other lanes keep what they serve. Then waits until every live serving replica
+    serves it on that lane; exits 3 (the promotion stands) naming the replicas that
+    do not, if some still do not.
     """
+    lane = lane or DEFAULT_LANE
     with _engine() as (settings, engine):
-        _registry(settings, engine).promote(version, actor="cli", force=force)
-        click.echo(f"promoted {version}", err=True)
-        rollout = _rollout(settings, engine, version, wait)
+        _registry(settings, engine, lane).promote(version, actor="cli", force=force)
+        click.echo(f"lane {lane}: promoted {version}", err=True)
+        rollout = _rollout(settings, engine, version, wait, lane)
     if rollout is not None and not rollout.done:
         sys.exit(ROLLOUT_INCOMPLETE)
 
 
 @adapters.command("rollback")
+@_lane_option("The lane to roll back (default: default).")
 @_wait_option
-def adapters_rollback(wait: float | None) -> None:
-    """Go back to the previously promoted adapter (or to the base model), and wait
-    for the serving replicas as ``promote`` does."""
+def adapters_rollback(lane: str | None, wait: float | None) -> None:
+    """Go back to the lane's previously promoted adapter (or to the base model), and
+    wait for the serving replicas as ``promote`` does. Other lanes are untouched."""
+    lane = lane or DEFAULT_LANE
     with _engine() as (settings, engine):
-        now = _registry(settings, engine).rollback(actor="cli")
-        click.echo(f"now serving {now.version if now else 'the base model'}", err=True)
-        rollout = _rollout(settings, engine, now.version if now else None, wait)
+        now = _registry(settings, engine, lane).rollback(actor="cli")
+        click.echo(f"lane {lane}: now serving {now.version if now else 'the base model'}", err=True)
+        rollout = _rollout(settings, engine, now.version if now else None, wait, lane)
     if rollout is not None and not rollout.done:
         sys.exit(ROLLOUT_INCOMPLETE)
 
@@ -193,8 +234,9 @@ def dataset() -> None:
     type=click.Path(path_type=Path),
     help="Folder to write the snapshot into (JSONL + manifest.json).",
 )
-def dataset_build(out: Path) -> None:
-    """Write a training-set snapshot from the current feedback, without training."""
+@_lane_option("The lane whose feedback to read (default: default).")
+def dataset_build(out: Path, lane: str | None) -> None:
+    """Write a lane's training-set snapshot from its current feedback, without training."""
     from sqlalchemy.orm import Session
 
     from feedback import run_store
@@ -202,10 +244,12 @@ def dataset_build(out: Path) -> None:
     from retrain.snapshot import write_snapshot
     from retrain.sources import load_source_rows
 
+    lane = lane or DEFAULT_LANE
     with _engine() as (settings, engine):
+        _check_lane(engine, lane)
         with Session(engine) as session:
-            rows = load_source_rows(session)
-            heldout = run_store.heldout_completions(session)
+            rows = load_source_rows(session, lane=lane)
+            heldout = run_store.heldout_completions(session, lane=lane)
         config = ds.DatasetConfig.from_settings(settings)
         built = ds.build_dataset(rows, config, previously_heldout=heldout)
         try:
@@ -214,7 +258,7 @@ def dataset_build(out: Path) -> None:
             raise click.ClickException(str(error)) from None
     counts = built.manifest["counts"]
     click.echo(json.dumps(counts, indent=2))
-    click.echo(f"snapshot written to {out}", err=True)
+    click.echo(f"lane {lane}: snapshot written to {out}", err=True)
 
 
 COMMANDS = (retrain, scheduler, adapters, dataset)

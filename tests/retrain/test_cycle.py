@@ -21,7 +21,7 @@ from feedback import run_store, store
 from feedback.adapters import store as adapter_store
 from feedback.db import write_session
 from feedback.models import DatasetExample, Lease, RetrainRun, utcnow
-from retrain import cycle, jobs
+from retrain import jobs, steps
 from retrain import lease as lease_module
 from retrain.cycle import CycleFailedError, run_cycle
 from retrain.lease import LEASE
@@ -243,8 +243,8 @@ def fake_children(monkeypatch, during_training) -> None:
         make_adapter(job.adapter_dir, base=job.base_model)
         return {"sft": {"steps": 1}}
 
-    monkeypatch.setattr(cycle, "launch", launch)
-    monkeypatch.setattr(cycle, "run_probe", lambda *a, **k: {"skipped": "faked"})
+    monkeypatch.setattr(steps, "launch", launch)
+    monkeypatch.setattr(steps, "run_probe", lambda *a, **k: {"skipped": "faked"})
 
 
 def make_adapter(folder: Path, *, base: str) -> None:
