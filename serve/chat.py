@@ -1,7 +1,9 @@
 """The OpenAI-compatible routes: ``POST /v1/chat/completions``, ``GET /v1/models``.
 
 Routes stay thin: validate the body, hand it to the backend (the local model,
-or the capture proxy), answer JSON or server-sent events. Callers use a
+or the capture proxy), answer JSON or server-sent events. ``model`` names a
+lane (see :mod:`serve.local`); the capture proxy takes its lane from the
+``X-Tuneback-Lane`` header or ``TUNEBACK_UPSTREAM_LANES`` (:mod:`serve.proxy`). Callers use a
 ``server`` (or ``admin``) key as their OpenAI API key.
 """
 
@@ -19,11 +21,13 @@ from serve.schemas import ModelNotFoundError, parse_chat_request
 
 bp = APIBlueprint("chat", __name__, tag="Chat")
 SERVE_EXTENSION = "tuneback_serve"
+LANE_HEADER = "X-Tuneback-Lane"  # the capture proxy's lane for a logged completion
 CHAT_ERRORS = {
     **ERRORS,
     400: "Malformed request: wrong types, unknown fields, empty messages, or a prompt "
     "over the context length",
-    404: "Unknown model",
+    404: "Unknown model (the message lists the lanes), or, in capture-proxy mode, unknown lane",
+    422: "In capture-proxy mode: an X-Tuneback-Lane header that is not a lane name",
     503: "The request queue is full or the answer took too long; see Retry-After",
 }
 
@@ -39,7 +43,13 @@ def chat_completions():
     """Generate a chat completion (OpenAI's API); it is logged, and its id can be voted on."""
     chat = parse_chat_request(request.get_json())
     ext = current_app.extensions["tuneback"]
-    call = Call(sql=ext.engine, api_key_id=g.caller.id, model=chat.model, metrics=ext.metrics)
+    call = Call(
+        sql=ext.engine,
+        api_key_id=g.caller.id,
+        model=chat.model,
+        metrics=ext.metrics,
+        lane_header=request.headers.get(LANE_HEADER),
+    )
     if chat.stream:
         events = backend().start_stream(chat, call)
         return Response(
@@ -54,7 +64,8 @@ def chat_completions():
 @require("server")
 @bp.doc(security="bearer", responses=ERRORS)
 def list_models():
-    """The models chat requests may name: ``default`` and the base model (or the upstream's)."""
+    """The models chat requests may name: every lane (``default`` first, with the adapter
+    version it serves) and the base model; in capture-proxy mode, the upstream's."""
     return json_response({"object": "list", "data": backend().models()})
 
 
@@ -73,5 +84,6 @@ def get_model(model_id: str):
 @require("admin")
 @bp.doc(security="bearer", responses=ERRORS)
 def serving_status():
-    """For operators: the adapter serving, those loaded, merge state, queue depth, swap counts."""
+    """For operators: what each lane serves (and whether it is in memory), the adapters
+    loaded, merge state, queue depth, swap counts."""
     return json_response(backend().status())

@@ -1,10 +1,19 @@
-"""Chat completions from the local model: admission, waiting, streaming, logging.
+"""Chat completions from the local model: routing, admission, waiting, streaming, logging.
+
+A request's ``model`` names what answers it: ``default`` or another lane's name
+(that lane's promoted adapter, or the base model while it has none), or the
+base model's own served name (the bare base model; it wins over a lane of the
+same name). Anything else is a 404 listing the lanes. The lanes are read from
+the store and cached a couple of seconds (:class:`serve.lanes.LaneDirectory`),
+so a new lane is served without a restart.
 
 A request is admitted in its own thread, before any response is started, so
 every refusal has its proper status: the prompt is tokenized and checked
-against the context length, the adapter lease is taken, and the job enters the
-bounded queue (or the request gets a 503). Then the thread waits for the
-worker, logs the completion under the id chosen up front, and answers.
+against the context length, the lane's adapter lease is taken, and the job
+enters the bounded queue (or the request gets a 503). Then the thread waits
+for the worker, logs the completion (with its lane) under the id chosen up
+front, and answers. ``system_fingerprint`` says what answered:
+``"<lane>:<version or 'base'>"``, or ``"base"`` for the bare base model.
 """
 
 from __future__ import annotations
@@ -13,12 +22,15 @@ import logging
 import queue
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Engine
 
+from feedback.models import DEFAULT_LANE
 from feedback.settings import Settings
+from serve.lanes import LaneDirectory, LaneInfo
 from serve.responses import (
     SSE_DONE,
     Call,
@@ -36,16 +48,31 @@ if TYPE_CHECKING:
     from feedback.structured import CompileLimits
 
 log = logging.getLogger(__name__)
-DEFAULT_MODEL = "default"
+DEFAULT_MODEL = DEFAULT_LANE
+
+
+@dataclass
+class Admitted:
+    """A job in the queue, with what it was admitted as."""
+
+    job: Job
+    messages: list[dict[str, str]]
+    lane: LaneInfo | None  # None: the bare base model
+    lane_schema: bool = False  # the lane's response_schema applies (the request set none)
 
 
 class LocalBackend:
-    """The base model with its promoted adapter, served by one worker thread."""
+    """The base model with every lane's promoted adapter, served by one worker thread."""
 
     def __init__(self, settings: Settings, engine: Any, swapper: Any, *, model_name: str) -> None:
         self.settings, self.engine, self.swapper = settings, engine, swapper
         self.model_name = model_name
-        self.jobs = JobQueue(settings.serve_queue_size, context_length=engine.context_length)
+        self.lanes = LaneDirectory(swapper.sql)
+        self.jobs = JobQueue(
+            settings.serve_queue_size,
+            context_length=engine.context_length,
+            mixed=settings.serve_mixed_batches,
+        )
         self.worker = ModelWorker(self.jobs, engine.generate, max_batch=settings.serve_max_batch)
 
     @classmethod
@@ -67,6 +94,7 @@ class LocalBackend:
             engine.host,
             base_model=str(base_model_dir),
             slots=settings.serve_adapter_slots,
+            max_adapters=settings.serve_max_adapters,
             poll_seconds=settings.serve_poll_seconds,
             wait_seconds=settings.serve_swap_wait_seconds,
             **hooks,
@@ -86,16 +114,27 @@ class LocalBackend:
     # --- the API ------------------------------------------------------------------
 
     def models(self) -> list[dict[str, Any]]:
+        """Every lane (with the version it serves and its description), then the base model."""
         created = int(self.engine.model_dir.stat().st_mtime)
-        return [
-            _model(DEFAULT_MODEL, created, adapter=self.swapper.serving or "base"),
-            _model(self.model_name, created, adapter="base"),
+        states = self.swapper.lane_states()
+        lanes = [
+            _model(
+                lane.name,
+                created,
+                adapter=states.get(lane.name, {}).get("serving") or "base",
+                description=lane.description,
+            )  # fmt: skip
+            for lane in self.lanes.all()
         ]
+        return [*lanes, _model(self.model_name, created, adapter="base")]
 
     def status(self) -> dict[str, Any]:
         stats, merged = self.swapper.stats, self.engine.host.merged
         return {
             "serving": self.swapper.serving or "base",
+            "lanes": self.swapper.lane_states(),
+            "max_adapters": self.swapper.max_adapters,
+            "unloads": stats.unloads,
             "loaded": self.swapper.loaded,
             "merged": merged.partition("#")[0] if merged else None,  # host names are v0001#3
             "queue": len(self.jobs),
@@ -105,45 +144,50 @@ class LocalBackend:
         }
 
     def complete(self, request: ChatRequest, call: Call) -> dict[str, Any]:
-        job, messages = self._admit(request, call)
+        admitted = self._admit(request, call)
+        job = admitted.job
         if not job.wait(self.settings.serve_request_timeout):
             job.cancel()
             raise OverloadedError("the answer took too long; retry later", retry_after=5)
         if job.error is not None:
             raise job.error
-        self._log(request, call, job, messages)
+        self._log(request, call, admitted)
         return completion_body(
             call,
             text=job.text,
             finish_reason=job.finish_reason or "stop",
-            fingerprint=_fingerprint(job),
+            fingerprint=job.lease.fingerprint,
             usage=usage(len(job.prompt), job.completion_tokens),
         )
 
     def start_stream(self, request: ChatRequest, call: Call) -> Iterator[bytes]:
         """Admit now (errors are still plain HTTP errors); return the event stream."""
-        job, messages = self._admit(request, call, stream=True)
-        return self._events(request, call, job, messages)
+        return self._events(request, call, self._admit(request, call, stream=True))
 
     # --- internals ----------------------------------------------------------------
 
-    def _admit(
-        self, request: ChatRequest, call: Call, *, stream: bool = False
-    ) -> tuple[Job, list[dict[str, str]]]:
-        if request.model not in (DEFAULT_MODEL, self.model_name):
+    def _route(self, model: str) -> LaneInfo | None:
+        """The lane ``model`` names (None: the bare base model); a 404 listing lanes if none."""
+        if model == self.model_name:
+            return None
+        lane = self.lanes.find(model)
+        if lane is None:
             raise ModelNotFoundError(
-                f"model {request.model!r} does not exist; use {DEFAULT_MODEL!r} (the promoted "
-                f"adapter) or {self.model_name!r} (the base model)"
+                f"model {model!r} does not exist; name a lane ({', '.join(self.lanes.names())}) "
+                f"or {self.model_name!r} (the base model)"
             )
+        return lane
+
+    def _admit(self, request: ChatRequest, call: Call, *, stream: bool = False) -> Admitted:
+        lane = self._route(request.model)
         messages = request.plain_messages()
         prompt = self.engine.encode_chat(messages)
         max_tokens = self._budget(request, len(prompt))
-        grammar = self.engine.grammar(request.output_schema)
-        lease = (
-            self.swapper.lease_default()
-            if request.model == DEFAULT_MODEL
-            else self.swapper.lease_base()
-        )
+        schema, lane_schema = request.output_schema, False
+        if request.response_format is None and lane is not None and lane.response_schema:
+            schema, lane_schema = lane.response_schema, True
+        grammar = self.engine.grammar(schema)
+        lease = self.swapper.lease_lane(lane.name) if lane else self.swapper.lease_base()
         job = Job(
             prompt=prompt,
             max_tokens=max_tokens,
@@ -160,7 +204,7 @@ class LocalBackend:
         except BaseException:
             lease.release()
             raise
-        return job, messages
+        return Admitted(job, messages, lane, lane_schema)
 
     def _budget(self, request: ChatRequest, prompt_tokens: int) -> int:
         """Tokens this answer may have; a prompt that leaves no room is a 400."""
@@ -174,10 +218,9 @@ class LocalBackend:
             )
         return min(asked or room, room, self.settings.serve_max_tokens)
 
-    def _events(
-        self, request: ChatRequest, call: Call, job: Job, messages: list[dict[str, str]]
-    ) -> Iterator[bytes]:
-        fingerprint = _fingerprint(job)
+    def _events(self, request: ChatRequest, call: Call, admitted: Admitted) -> Iterator[bytes]:
+        job = admitted.job
+        fingerprint = job.lease.fingerprint
         deadline = time.monotonic() + self.settings.serve_request_timeout
         try:
             role = {"role": "assistant", "content": ""}
@@ -189,7 +232,7 @@ class LocalBackend:
                 yield sse_error("internal", "the generation failed; it has been logged")
                 return
             try:
-                self._log(request, call, job, messages)
+                self._log(request, call, admitted)
             except Exception:  # noqa: BLE001 - the status line is sent: say it in the stream
                 log.exception("could not log a streamed completion")
                 yield sse_error("internal", "the completion could not be logged; retry later")
@@ -206,7 +249,8 @@ class LocalBackend:
             if not job.done:
                 job.cancel()  # the client went away, or we timed out: free the model
 
-    def _log(self, request: ChatRequest, call: Call, job: Job, messages: list[dict]) -> None:
+    def _log(self, request: ChatRequest, call: Call, admitted: Admitted) -> None:
+        job, lane = admitted.job, admitted.lane
         metadata: dict[str, Any] = {
             "source": "tuneback-serve",
             "requested_model": request.model,
@@ -225,15 +269,18 @@ class LocalBackend:
             metadata["response_format"] = {"type": fmt.type} | (
                 {"name": fmt.json_schema.name} if fmt.json_schema else {}
             )
+        elif admitted.lane_schema:
+            metadata["response_format"] = {"type": "json_schema", "from": "lane"}
         log_completion(
             call,
             user=request.user,
             request_metadata=request.metadata,
-            messages=messages,
+            messages=admitted.messages,
             response=job.text,
             model=self.model_name,
             adapter_version=job.lease.version,
             metadata=metadata,
+            lane=lane.name if lane else DEFAULT_LANE,
         )
 
 
@@ -251,10 +298,6 @@ def schema_limits(settings: Settings) -> CompileLimits:
 def _next(job: Job, deadline: float) -> object:
     """The job's next piece of text (or DONE); ``queue.Empty`` once the deadline passes."""
     return job.events.get(timeout=max(0.0, deadline - time.monotonic()))
-
-
-def _fingerprint(job: Job) -> str:
-    return job.lease.version or "base"
 
 
 def _model(model_id: str, created: int, **extra: Any) -> dict[str, Any]:

@@ -17,7 +17,7 @@ from sqlalchemy import Engine
 
 from feedback import store
 from feedback.db import write_session
-from feedback.models import new_id
+from feedback.models import DEFAULT_LANE, new_id
 
 
 @dataclass
@@ -28,6 +28,7 @@ class Call:
     api_key_id: str | None
     model: str  # as the client asked for it
     metrics: Any = None
+    lane_header: str | None = None  # X-Tuneback-Lane (the capture proxy's lane)
     id: str = field(default_factory=new_id)
     created: int = field(default_factory=lambda: int(time.time()))
 
@@ -109,9 +110,10 @@ def log_completion(
     metadata: dict[str, Any],
     user: str | None = None,
     request_metadata: dict[str, Any] | None = None,
+    lane: str = DEFAULT_LANE,
 ) -> None:
     """Store the served completion under ``call.id`` (one short write transaction),
-    with the caller's ``user`` and ``metadata`` request fields when given."""
+    in ``lane``, with the caller's ``user`` and ``metadata`` request fields when given."""
     if user is not None:
         metadata = {**metadata, "user": user}
     if request_metadata:
@@ -126,7 +128,8 @@ def log_completion(
             adapter_version=adapter_version,
             metadata=metadata,
             api_key_id=call.api_key_id,
+            lane=lane,
         )
         session.commit()
     if call.metrics is not None:
-        call.metrics.completions.inc()
+        call.metrics.completions.inc(lane=lane)

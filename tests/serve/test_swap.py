@@ -47,7 +47,7 @@ def test_a_promotion_is_served_within_ten_seconds_and_rollback_goes_back(
     live.registry.promote(version, actor="test")
     assert wait_for(live, lambda s: s["serving"] == version) < 10
     answer = ask(client)
-    assert answer.system_fingerprint == version
+    assert answer.system_fingerprint == f"default:{version}"
     detail = requests.get(
         f"{live.url}/v1/completions/{answer.id}", headers=live.headers("agent"), timeout=10
     ).json()
@@ -55,7 +55,7 @@ def test_a_promotion_is_served_within_ten_seconds_and_rollback_goes_back(
     # A request sent right after a switch in the store gets the new state: the
     # server waits for the swap instead of answering with the old adapter.
     live.registry.rollback(actor="test")
-    assert ask(client).system_fingerprint == "base"
+    assert ask(client).system_fingerprint == "default:base"
     assert wait_for(live, lambda s: s["loaded"] == []) < 10  # unloaded once idle
 
 
@@ -79,7 +79,8 @@ def client_loop(live, stop: threading.Event, answers: list, errors: list, n: int
             else:
                 answer = ask(client)
                 text, fingerprint = answer.choices[0].message.content, answer.system_fingerprint
-            answers.append(Answer(started, time.monotonic(), fingerprint, text))
+            served = fingerprint.removeprefix("default:")  # the version, or base
+            answers.append(Answer(started, time.monotonic(), served, text))
         except Exception as error:  # noqa: BLE001 - every failure is a test failure
             errors.append(repr(error))
         n += 2
@@ -95,7 +96,7 @@ def test_swaps_under_load_fail_nothing_mix_nothing_and_keep_memory_flat(
     for version in versions:  # each adapter's answer, measured while idle (and warms up)
         live.registry.promote(version, actor="setup")
         answer = ask(client)
-        assert answer.system_fingerprint == version
+        assert answer.system_fingerprint == f"default:{version}"
         expected[version] = answer.choices[0].message.content
     assert len(set(expected.values())) == 4  # the adapters answer differently
     # Version -> intervals during which it may have been promoted: from the start
@@ -177,7 +178,7 @@ def test_a_broken_adapter_is_refused_and_the_current_one_keeps_serving(
     good = add_adapter(live, tiny_base, tmp_path, seed=1)
     live.registry.promote(good, actor="test")
     expected = ask(client).choices[0].message.content
-    assert ask(client).system_fingerprint == good
+    assert ask(client).system_fingerprint == f"default:{good}"
 
     truncated = add_adapter(live, tiny_base, tmp_path, seed=2)
     truncate(live.registry.path(truncated) / "adapter_model.safetensors")
@@ -188,7 +189,10 @@ def test_a_broken_adapter_is_refused_and_the_current_one_keeps_serving(
     ):
         live.registry.promote(version, actor="test", force=force)
         answer = ask(client)  # answered at once by the adapter still serving
-        assert (answer.system_fingerprint, answer.choices[0].message.content) == (good, expected)
+        assert (answer.system_fingerprint, answer.choices[0].message.content) == (
+            f"default:{good}",
+            expected,
+        )
         wait_for(live, lambda s, n=refused: s["refused"] == n and s["serving"] == good)
     messages = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
     assert any(f"refusing adapter {truncated}" in m and "truncated" in m for m in messages)
@@ -197,7 +201,7 @@ def test_a_broken_adapter_is_refused_and_the_current_one_keeps_serving(
 
     fixed = add_adapter(live, tiny_base, tmp_path, seed=4)
     live.registry.promote(fixed, actor="test")
-    assert ask(client).system_fingerprint == fixed  # the server recovers
+    assert ask(client).system_fingerprint == f"default:{fixed}"  # the server recovers
 
 
 def _adapter_for_another_base(live, tiny_base, tmp_path) -> str:  # noqa: ANN001
