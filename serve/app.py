@@ -51,7 +51,7 @@ def create_serving_app(
     if settings.upstream_url:
         from serve.proxy import ProxyBackend
 
-        backend: Any = ProxyBackend(settings)
+        backend: Any = ProxyBackend(settings, sql=ext.engine)
         log.info("capture proxy: chat requests go to %s", settings.upstream_url)
     else:
         folder = _model_folder(base_model_dir or settings.base_model)

@@ -12,6 +12,12 @@ Only the models ``TUNEBACK_UPSTREAM_MODELS`` names are forwarded (any other
 ``TUNEBACK_SERVE_MAX_TOKENS``, as the local engine applies: a client cannot spend
 the operator's upstream budget on another model or on a million-token answer.
 
+Each logged completion goes into a lane: the one the request's
+``X-Tuneback-Lane`` header names; else the one ``TUNEBACK_UPSTREAM_LANES``
+maps the requested upstream model to (``gpt-4o-mini=ticket-router,...``); else
+``default``. The lane is checked before anything is forwarded: a bad name is a
+422, an unknown lane a 404 ``lane_not_found`` listing the lanes.
+
 Upstream failures keep their status where it means something to the caller
 (400, 404, 429 with Retry-After...), become 502 when our own upstream key is
 refused or the upstream cannot be reached, and 504 when it times out.
@@ -27,7 +33,10 @@ from typing import Any
 
 import openai
 
+from feedback.lanes import check_name
+from feedback.models import DEFAULT_LANE
 from feedback.settings import Settings
+from serve.lanes import LaneDirectory, parse_lane_map
 from serve.responses import SSE_DONE, Call, log_completion, sse, sse_error
 from serve.schemas import ChatRequest, ModelNotFoundError, OverloadedError, UpstreamError
 
@@ -39,8 +48,14 @@ LOCAL_FIELDS = {"messages", "metadata"}
 class ProxyBackend:
     """Chat completions served by an upstream OpenAI-compatible server."""
 
-    def __init__(self, settings: Settings, client: openai.OpenAI | None = None) -> None:
+    def __init__(
+        self, settings: Settings, client: openai.OpenAI | None = None, *, sql: Any = None
+    ) -> None:
+        """``sql`` is the store's engine, to check lanes before forwarding (without it,
+        only the lane's name is checked here; the store refuses an unknown one)."""
         self.settings = settings
+        self.lane_map = parse_lane_map(settings.upstream_lanes)
+        self.lanes = LaneDirectory(sql) if sql is not None else None
         self.client = client or openai.OpenAI(
             base_url=settings.upstream_url,
             api_key=settings.upstream_api_key or "unused",
@@ -60,31 +75,49 @@ class ProxyBackend:
         return [model.to_dict() for model in listed if model.id in allowed]
 
     def status(self) -> dict[str, Any]:
-        return {"mode": "proxy", "upstream": self.settings.upstream_url, "limit": self.limit}
+        return {
+            "mode": "proxy",
+            "upstream": self.settings.upstream_url,
+            "limit": self.limit,
+            "lanes": self.lane_map,
+        }
 
     def complete(self, request: ChatRequest, call: Call) -> dict[str, Any]:
-        args = self._args(request)
+        args, lane = self._args(request), self._lane(request, call)
         with self._slot():
             response = _upstream(lambda: self.client.chat.completions.create(**args))
             choice = response.choices[0] if response.choices else None
             text = (choice.message.content or "") if choice else ""
-            self._log(request, call, text, response, choice.finish_reason if choice else None)
+            finish = choice.finish_reason if choice else None
+            self._log(request, call, text, response, finish, lane)
         body = response.to_dict()
         body["id"] = call.id
         return body
 
     def start_stream(self, request: ChatRequest, call: Call) -> Iterator[bytes]:
         """Open the upstream stream now, so its refusal is still a plain HTTP error."""
-        args = self._args(request)
+        args, lane = self._args(request), self._lane(request, call)
         self._acquire()
         try:
             stream = _upstream(lambda: self.client.chat.completions.create(**args))
         except BaseException:
             self._in_flight.release()
             raise
-        return self._events(request, call, stream)
+        return self._events(request, call, stream, lane)
+
+    def lane_for(self, model: str, header: str | None) -> str:
+        """The lane a completion is logged in: the header's, else the model's mapped one,
+        else ``default`` (see the module docstring); not checked against the store."""
+        return header if header is not None else self.lane_map.get(model, DEFAULT_LANE)
 
     # --- internals ----------------------------------------------------------------
+
+    def _lane(self, request: ChatRequest, call: Call) -> str:
+        """The request's lane, checked: 422 for a bad name, 404 for an unknown lane."""
+        lane = self.lane_for(request.model, call.lane_header)
+        if self.lanes is None:
+            return check_name(lane)
+        return self.lanes.get(lane).name
 
     def _args(self, request: ChatRequest) -> dict[str, Any]:
         """What is sent upstream: the allowed model, the capped token budget."""
@@ -124,7 +157,7 @@ class ProxyBackend:
                 retry_after=1,
             )
 
-    def _events(self, request: ChatRequest, call: Call, stream: Any) -> Iterator[bytes]:
+    def _events(self, request: ChatRequest, call: Call, stream: Any, lane: str) -> Iterator[bytes]:
         held, text, last, finish = [], [], None, None
         try:
             for chunk in stream:
@@ -138,7 +171,7 @@ class ProxyBackend:
                     yield sse(data)
             if last is None:
                 raise UpstreamError("the upstream stream ended without a chunk", status=502)
-            self._log(request, call, "".join(text), last, finish)
+            self._log(request, call, "".join(text), last, finish, lane)
             for data in held:
                 yield sse(data)
             yield SSE_DONE
@@ -149,7 +182,9 @@ class ProxyBackend:
             stream.close()
             self._in_flight.release()
 
-    def _log(self, request: ChatRequest, call: Call, text: str, response: Any, finish: Any) -> None:
+    def _log(
+        self, request: ChatRequest, call: Call, text: str, response: Any, finish: Any, lane: str
+    ) -> None:
         usage, cap = getattr(response, "usage", None), self.settings.serve_max_tokens
         metadata: dict[str, Any] = {
             "source": "tuneback-proxy",
@@ -171,6 +206,7 @@ class ProxyBackend:
             model=response.model or request.model,
             adapter_version=None,
             metadata=metadata,
+            lane=lane,
         )
 
 

@@ -1,6 +1,7 @@
 """Commands for several-process deployments.
 
-``tuneback replicas`` lists the serving replicas and what each serves;
+``tuneback replicas [--lane NAME]`` lists the serving replicas and what each
+serves on each lane;
 ``tuneback model prepare`` converts the base model once, before the serving
 replicas start (a prestart step), so two replicas never convert it at once.
 """
@@ -13,28 +14,60 @@ import click
 
 
 @click.command("replicas")
+@click.option("--lane", default=None, help="Only this lane (default: every lane).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-def replicas(as_json: bool) -> None:
+def replicas(lane: str | None, as_json: bool) -> None:
     """List the serving replicas heard from within TUNEBACK_REPLICA_STALE_SECONDS.
 
-    Each replica records what it serves every TUNEBACK_REPLICA_HEARTBEAT_SECONDS;
-    the last line says whether they all serve the promoted adapter.
+    Each replica records what it serves on every lane every
+    TUNEBACK_REPLICA_HEARTBEAT_SECONDS; one line per replica and lane, then one
+    line per lane saying whether every replica serves that lane's promoted adapter.
     """
+    from feedback import lanes as lane_store
     from feedback import replicas as rep
     from feedback.adapters import store as adapter_store
+    from feedback.exceptions import TunebackError
     from tuneback.runtime import load_settings, store_session
 
     settings = load_settings()
-    with store_session(settings) as session:
-        promoted = adapter_store.promoted_adapter(session)
-        version = promoted.version if promoted else None
-        rollout = rep.rollout_status(
-            session, version=version, stale_seconds=settings.replica_stale_seconds
-        )
-    rows = sorted([*rollout.on, *rollout.behind, *rollout.refused], key=lambda r: r.id)
+    try:
+        with store_session(settings) as session:
+            names = [lane_store.get_lane(session, lane).name] if lane else None
+            names = names or lane_store.lane_names(session)
+            promoted = adapter_store.promoted_by_lane(session)
+            rollouts = {
+                name: rep.rollout_status(
+                    session,
+                    version=promoted[name].version if name in promoted else None,
+                    lane=name,
+                    stale_seconds=settings.replica_stale_seconds,
+                )
+                for name in names
+            }
+    except TunebackError as error:
+        raise click.ClickException(str(error)) from None
     if as_json:
-        body = {
-            "promoted": version,
+        click.echo(json.dumps(_replicas_json(rollouts, lane)))
+        return
+    click.echo(f"{'REPLICA':<32}{'LANE':<20}{'SERVING':<10}{'LAST SEEN':<22}URL")
+    for name, rollout in rollouts.items():
+        for r in _rows(rollout):
+            seen = f"{r.last_seen:%Y-%m-%d %H:%M:%S}"
+            click.echo(f"{r.id:<32}{name:<20}{r.serving or rep.BASE:<10}{seen}   {r.url or '-'}")
+    for rollout in rollouts.values():
+        click.echo(rollout.report(), err=True)
+
+
+def _rows(rollout):  # noqa: ANN001, ANN202 - a Rollout's replicas, by id
+    return sorted([*rollout.on, *rollout.behind, *rollout.refused], key=lambda r: r.id)
+
+
+def _replicas_json(rollouts: dict, lane: str | None) -> dict:
+    """One lane's rollout (``--lane``), or every lane's under ``lanes`` with the default
+    lane's also at the top level (``promoted``, ``replicas``), as before lanes."""
+    per_lane = {
+        name: {
+            "promoted": rollout.version,
             "done": rollout.done,
             "replicas": [
                 {
@@ -42,19 +75,19 @@ def replicas(as_json: bool) -> None:
                     "url": r.url,
                     "serving": r.serving,
                     "refused": r.refused,
+                    "loaded": (r.lanes.get(name) or {}).get("loaded"),
                     "last_seen": r.last_seen.isoformat(),
                 }
-                for r in rows
+                for r in _rows(rollout)
             ],
         }
-        click.echo(json.dumps(body))
-        return
-    click.echo(f"{'REPLICA':<32}{'SERVING':<10}{'LAST SEEN':<22}URL")
-    for r in rows:
-        click.echo(
-            f"{r.id:<32}{r.serving or rep.BASE:<10}{r.last_seen:%Y-%m-%d %H:%M:%S}   {r.url or '-'}"
-        )
-    click.echo(rollout.report(), err=True)
+        for name, rollout in rollouts.items()
+    }
+    if lane is not None:
+        return {"lane": lane, **per_lane[lane]}
+    first = next(iter(per_lane.values()))
+    done = all(entry["done"] for entry in per_lane.values())
+    return {**first, "done": done, "lanes": per_lane}
 
 
 # An advisory-lock key for "one converter at a time" on PostgreSQL.

@@ -48,7 +48,7 @@ def test_a_proxied_completion_is_logged_by_the_proxy_and_can_be_voted_on(proxy, 
     assert logged["metadata"]["request_metadata"] == {"t": "1"}
     # The upstream (our own server here) logged its side under its own id.
     assert detail(upstream, logged["metadata"]["upstream_id"])["response"] == text
-    assert answer.system_fingerprint == "base"  # passed through from the upstream
+    assert answer.system_fingerprint == "default:base"  # passed through from the upstream
     vote = requests.post(
         f"{proxy.url}/v1/feedback",
         json={"completion_id": answer.id, "rating": "up", "user": "u"},
