@@ -104,22 +104,22 @@ class RetrainNow:
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
 
-    def __call__(self, actor: str) -> str:
+    def __call__(self, actor: str, lane: str = "default") -> str:
         with self._lock:
             if self._thread is not None and self._thread.is_alive():
                 return "A retrain started from here is still running; see its run below."
             self._thread = threading.Thread(
-                target=self._run, args=(actor,), name="tuneback-retrain-now", daemon=True
+                target=self._run, args=(actor, lane), name="tuneback-retrain-now", daemon=True
             )
             self._thread.start()
         return "Retrain started. Its run appears under Retrain runs; reload to follow it."
 
-    def _run(self, actor: str) -> None:
+    def _run(self, actor: str, lane: str) -> None:
         from retrain.cycle import CycleFailedError, run_cycle
 
-        log.info("retrain requested from the dashboard by %s", actor)
+        log.info("retrain of lane %s requested from the dashboard by %s", lane, actor)
         try:
-            result = run_cycle(self.settings, self.engine, trigger="manual")
+            result = run_cycle(self.settings, self.engine, lane=lane, trigger="manual")
             log.info("dashboard retrain %s: %s %s", result.run_id, result.status, result.reason)
         except CycleFailedError as error:
             log.error("dashboard retrain failed: %s", error)
