@@ -10,8 +10,9 @@ of the linear layer they adapt. A batch runs in one of four modes (see
   ``W + B A``, so decoding costs exactly what the plain model costs;
 - mixed: the rows of one batch use different adapters (or none): the layers
   are the base model, and one hook per adapted layer adds each adapter's
-  ``x Aᵀ Bᵀ`` to that adapter's rows only, so several lanes decode in one
-  forward pass and each row gets what its adapter alone would give.
+  ``x Aᵀ Bᵀ`` to that adapter's rows only (a merged adapter's rows too), so
+  several lanes decode in one forward pass and each row gets what its adapter
+  alone would give.
 
 The base weights are never modified, so switching mode or adapter is a matter
 of pointers, and merging is exact every time (no merge/unmerge drift). Merged
@@ -291,30 +292,54 @@ class AdapterHost:
         When every row uses the same adapter (or none) this is :meth:`activate`,
         merged fast path included. Otherwise the base weights run every row and
         one hook per adapted layer adds each adapter's ``x Aᵀ Bᵀ`` to its own
-        rows (rows without an adapter get nothing). Yields the mode used:
-        ``"mixed"`` or one of :meth:`activate`'s.
+        rows only (rows without an adapter get nothing): the batch's adapters
+        are stacked along the rank and a row mask keeps each row's own columns,
+        so a layer costs two small products however many adapters the batch
+        holds. Yields the mode used: ``"mixed"`` or one of :meth:`activate`'s.
         """
         if len(set(names)) <= 1:
             with self.activate(names[0] if names else None) as mode:
                 yield mode
             return
-        groups: dict[str, list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]] = {}
-        for name in dict.fromkeys(n for n in names if n is not None):
-            adapter = self.adapters[name]  # a KeyError before anything is attached
-            rows = [i for i, other in enumerate(names) if other == name]
-            index = torch.tensor(rows, dtype=torch.long, device=self._device)
+        used = {name: self.adapters[name] for name in names if name is not None}  # KeyError first
+        stacks: dict[str, list[tuple[str, torch.Tensor, torch.Tensor]]] = {}
+        for name, adapter in used.items():
             for module, (a, b) in adapter.deltas.items():
-                groups.setdefault(module, []).append((index, a, b))
+                stacks.setdefault(module, []).append((name, a, b))
+        masks: dict[tuple, torch.Tensor] = {}  # layers adapted alike share their row mask
+        hooks = {
+            module: _rows_lora_hook(
+                torch.cat([a for _, a, _ in parts]),
+                torch.cat([b for _, _, b in parts], dim=1),
+                self._row_mask(names, parts, masks),
+            )
+            for module, parts in stacks.items()
+        }
         self._point_weights(None)
-        handles = [
-            self.layers[module].register_forward_hook(_rows_lora_hook(pairs))
-            for module, pairs in groups.items()
-        ]
+        handles = [self.layers[m].register_forward_hook(hook) for m, hook in hooks.items()]
         try:
             yield "mixed"
         finally:
             for handle in handles:
                 handle.remove()
+
+    def _row_mask(
+        self,
+        names: Sequence[str | None],
+        parts: list[tuple[str, torch.Tensor, torch.Tensor]],
+        cache: dict[tuple, torch.Tensor],
+    ) -> torch.Tensor:
+        """``(rows, 1, ranks)``: 1 where a row's own adapter's rank columns are, else 0."""
+        key = tuple((name, a.shape[0]) for name, a, _ in parts)
+        if key not in cache:
+            mask = torch.zeros(len(names), 1, sum(a.shape[0] for _, a, _ in parts))
+            start = 0
+            for name, a, _ in parts:
+                rows = [i for i, other in enumerate(names) if other == name]
+                mask[rows, :, start : start + a.shape[0]] = 1
+                start += a.shape[0]
+            cache[key] = mask.to(self._device, self._dtype)
+        return cache[key]
 
     def _point_weights(self, merged: LoadedAdapter | None) -> None:
         """Point each layer at its base weight, or at its merged buffer for ``merged``."""
@@ -334,15 +359,18 @@ def _lora_hook(a: torch.Tensor, b: torch.Tensor):  # noqa: ANN202 - a forward ho
     return hook
 
 
-def _rows_lora_hook(groups: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]):  # noqa: ANN202
-    """A forward hook adding each ``(rows, A, B)`` group's LoRA term to those rows only."""
+def _rows_lora_hook(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor):  # noqa: ANN202
+    """A forward hook adding each row's own adapter's LoRA term, for a batch of mixed rows.
+
+    ``a`` and ``b`` stack the adapters' ``A`` and ``B`` along the rank; ``mask``
+    keeps, for each row, only its own adapter's rank columns (none for base
+    rows). So one pair of small products serves every adapter of the batch, and
+    each row gets exactly its adapter's ``x Aᵀ Bᵀ``: the other columns are zeros.
+    """
 
     def hook(_module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
-        x = args[0]
-        for rows, a, b in groups:
-            # Rows of one batch are distinct, so each output row receives at most
-            # one adapter's term (index_add_ never sums two groups into one row).
-            output.index_add_(0, rows, F.linear(F.linear(x.index_select(0, rows), a), b))
-        return output
+        low = F.linear(args[0], a)
+        low = low * mask.view(mask.shape[0], *([1] * (low.dim() - 2)), mask.shape[-1])
+        return output.add_(F.linear(low, b))
 
     return hook
