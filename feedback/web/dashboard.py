@@ -1,5 +1,10 @@
 """The admins' dashboard: adapters and their gate decisions, metrics across versions,
-feedback volume, and retrain / promote / roll back (each confirmed first)."""
+feedback volume, and retrain / promote / roll back (each confirmed first).
+
+It shows one lane at a time (``?lane=NAME``, ``default`` when absent): that lane's
+adapters, runs, promotions, charts and totals, and promote and roll back act on that
+lane's registry only. A table of every lane, with what serves it, leads to each.
+"""
 
 from __future__ import annotations
 
@@ -10,9 +15,10 @@ from flask import current_app, flash, redirect, request, url_for
 from feedback.adapters.registry import Registry
 from feedback.context import request_session
 from feedback.exceptions import NotFoundError, TunebackError
+from feedback.models import DEFAULT_LANE
 from feedback.web import charts, queries
 from feedback.web.hooks import hooks
-from feedback.web.pages import current_user, page_blueprint, render, sign_in_required
+from feedback.web.pages import chosen_lane, current_user, page_blueprint, render, sign_in_required
 
 bp = page_blueprint("dashboard", __name__)
 log = logging.getLogger(__name__)
@@ -26,14 +32,17 @@ NOT_WIRED = (
 @sign_in_required("admin")
 def overview():
     session = request_session()
-    adapters = queries.adapter_rows(session)
-    days = queries.votes_per_day(session, days=30)
+    lane = chosen_lane(DEFAULT_LANE)
+    adapters = queries.adapter_rows(session, lane)
+    days = queries.votes_per_day(session, days=30, lane=lane)
     return render(
         "dashboard.html",
+        lane=lane,
+        lanes=queries.lane_rows(session),
         adapters=adapters,
-        serving=queries.serving_summary(session),
-        runs=queries.recent_runs(session),
-        totals=queries.counts_summary(session),
+        serving=queries.serving_summary(session, lane),
+        runs=queries.recent_runs(session, lane=lane),
+        totals=queries.counts_summary(session, lane),
         metric_chart=charts.metric_lines(adapters, queries.SERIES),
         volume_chart=charts.volume_bars(days),
         primary=adapters[0]["primary"] if adapters else queries.PRIMARY_METRIC,
@@ -50,60 +59,77 @@ def retrain():
         flash("Retrain now is not available here. " + NOT_WIRED, "error")
     else:
         flash(action(actor()), "ok")
-    return redirect(url_for("dashboard.overview"), code=303)
+    return redirect(url_for("dashboard.overview", lane=_lane_arg()), code=303)
 
 
 @bp.get("/dashboard/promote/<version>")
 @sign_in_required("admin")
 def confirm_promote(version: str):
-    """Ask before promoting: name the adapter, its gate decision, what it replaces."""
-    row = next((r for r in queries.adapter_rows(request_session()) if r["version"] == version),
-               None)  # fmt: skip
+    """Ask before promoting: name the adapter, its lane, its gate decision, what it replaces."""
+    lane = chosen_lane(DEFAULT_LANE)
+    rows = queries.adapter_rows(request_session(), lane)
+    row = next((r for r in rows if r["version"] == version), None)
     if row is None:
-        return render("forbidden.html", status=404, message="No such adapter version.")
-    serving = queries.serving_summary(request_session())
-    return render("confirm.html", action="promote", adapter=row, serving=serving)
+        return render("forbidden.html", status=404,
+                      message=f"Lane {lane} has no adapter version {version[:40]!r}.")  # fmt: skip
+    serving = queries.serving_summary(request_session(), lane)
+    return render("confirm.html", action="promote", adapter=row, serving=serving, lane=lane)
 
 
 @bp.post("/dashboard/promote/<version>")
 @sign_in_required("admin")
 def promote(version: str):
     force = request.form.get("force") == "yes"
+    lane = chosen_lane(DEFAULT_LANE)
     if request.form.get("confirm") != "yes":
         flash("Nothing changed: the promotion was not confirmed.", "error")
     else:
-        _run(lambda: registry().promote(version, actor=actor(), force=force),
-             f"Promoted {version}" + (" (forced)" if force else "") + ".")  # fmt: skip
-    return redirect(url_for("dashboard.overview"), code=303)
+        done = f"Promoted {version}{_in_lane(lane)}" + (" (forced)" if force else "") + "."
+        _run(lambda: registry(lane).promote(version, actor=actor(), force=force), done)
+    return redirect(url_for("dashboard.overview", lane=_lane_arg(lane)), code=303)
 
 
 @bp.get("/dashboard/rollback")
 @sign_in_required("admin")
 def confirm_rollback():
-    serving = queries.serving_summary(request_session())
-    return render("confirm.html", action="rollback", adapter=None, serving=serving)
+    lane = chosen_lane(DEFAULT_LANE)
+    serving = queries.serving_summary(request_session(), lane)
+    return render("confirm.html", action="rollback", adapter=None, serving=serving, lane=lane)
 
 
 @bp.post("/dashboard/rollback")
 @sign_in_required("admin")
 def rollback():
+    lane = chosen_lane(DEFAULT_LANE)
     if request.form.get("confirm") != "yes":
         flash("Nothing changed: the rollback was not confirmed.", "error")
     else:
 
         def go() -> str:
-            now = registry().rollback(actor=actor())
-            return f"Rolled back: now serving {now.version if now else 'the base model'}."
+            now = registry(lane).rollback(actor=actor())
+            serves = now.version if now else "the base model"
+            return f"Rolled back: now serving {serves}" + _in_lane(lane) + "."
 
         _run(go, None)
-    return redirect(url_for("dashboard.overview"), code=303)
+    return redirect(url_for("dashboard.overview", lane=_lane_arg(lane)), code=303)
 
 
-def registry() -> Registry:
-    """The deployment's adapter registry: the one `tuneback adapters` and the cycle use,
+def registry(lane: str = DEFAULT_LANE) -> Registry:
+    """``lane``'s adapter registry: the one `tuneback adapters --lane` and the cycle use,
     with the same checks (gate decision, checksums, served base model)."""
     ext = current_app.extensions["tuneback"]
-    return Registry.from_settings(ext.settings, ext.engine)
+    return Registry.from_settings(ext.settings, ext.engine, lane=lane)
+
+
+def _lane_arg(lane: str | None = None) -> str | None:
+    """The ``lane`` query value of the dashboard's links: none for the default lane,
+    so its URLs stay those from before lanes."""
+    lane = lane or chosen_lane(DEFAULT_LANE)
+    return None if lane == DEFAULT_LANE else lane
+
+
+def _in_lane(lane: str) -> str:
+    return "" if lane == DEFAULT_LANE else f" in lane {lane}"
 
 
 def actor() -> str:

@@ -21,8 +21,9 @@ from urllib.parse import urlencode
 from apiflask import APIBlueprint
 from flask import Response, current_app, g, redirect, render_template, request, session, url_for
 
+from feedback import lanes
 from feedback.context import request_session
-from feedback.exceptions import ForbiddenError
+from feedback.exceptions import ForbiddenError, InvalidInputError, TunebackError
 from feedback.web import sessions as web_sessions
 
 CSP = (
@@ -49,6 +50,14 @@ class CSRFError(ForbiddenError):
     code = "csrf_failed"
 
 
+class LaneChoiceError(TunebackError):
+    """A page was asked for a lane with a bad name (422) or that does not exist (404)."""
+
+    def __init__(self, error: TunebackError) -> None:
+        super().__init__(error.message, code=error.code)
+        self.status = error.status
+
+
 @dataclass(frozen=True)
 class WebUser:
     """The signed-in agent or admin of a page request."""
@@ -70,7 +79,31 @@ def page_blueprint(name: str, import_name: str, **kwargs: Any) -> APIBlueprint:
     )
     bp.before_request(check_csrf)
     bp.after_request(add_security_headers)
+    bp.register_error_handler(LaneChoiceError, _lane_page)
     return bp
+
+
+def chosen_lane(default: str | None) -> str | None:
+    """The lane a page is asked for: ``?lane=`` or a form's ``lane`` field; ``default``
+    when absent or empty (a selector's "all lanes"). A bad or unknown name is a
+    :class:`LaneChoiceError`, which the page blueprints answer with a page saying so."""
+    value = request.values.get("lane") or None
+    if value is None:
+        return default
+    try:
+        return lanes.get_lane(request_session(), value).name
+    except (InvalidInputError, lanes.UnknownLaneError) as error:
+        raise LaneChoiceError(error) from None
+
+
+def _lane_page(error: LaneChoiceError) -> tuple[str, int]:
+    title = "No such lane" if error.status == 404 else "Not a lane name"
+    return render("forbidden.html", status=error.status, title=title, message=error.message)
+
+
+def lane_names() -> list[str]:
+    """Every lane's name, ``default`` first, for the pages' lane selectors."""
+    return lanes.lane_names(request_session())
 
 
 def add_security_headers(response: Response) -> Response:

@@ -9,15 +9,17 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 from sqlmodel import col
 
-from feedback import run_store
+from feedback import lanes
 from feedback.adapters import store as adapter_store
 from feedback.models import (
+    DEFAULT_LANE,
     AdapterVersion,
     Completion,
     Correction,
     DatasetSnapshot,
     Feedback,
     PromotionEvent,
+    RetrainRun,
     utcnow,
 )
 
@@ -25,19 +27,44 @@ PRIMARY_METRIC = "heldout_overlap"
 SERIES = ("candidate", "champion", "base")
 
 
-def recent_corrections(session: Session, *, limit: int = 50) -> list[tuple[Correction, Completion]]:
-    """The latest corrections across completions, newest first, with their completion."""
-    rows = session.execute(
+def recent_corrections(
+    session: Session, *, limit: int = 50, lane: str | None = None
+) -> list[tuple[Correction, Completion]]:
+    """The latest corrections (of ``lane``'s completions, or of every lane's), newest
+    first, with their completion."""
+    query = (
         select(Correction, Completion)
         .join(Completion, Completion.id == Correction.completion_id)
         .order_by(col(Correction.created_at).desc(), col(Correction.id))
         .limit(limit)
-    ).all()
-    return [(c, comp) for c, comp in rows]
+    )
+    if lane is not None:
+        query = query.where(Completion.lane == lane)
+    return [(c, comp) for c, comp in session.execute(query).all()]
 
 
-def votes_per_day(session: Session, *, days: int = 30, today: date | None = None) -> list[dict]:
-    """Votes per day (by rating) for the last ``days`` days, oldest first, gaps as zero."""
+def lane_rows(session: Session) -> list[dict[str, Any]]:
+    """Every lane (``default`` first) with the adapter serving it and its completions."""
+    promoted = adapter_store.promoted_by_lane(session)
+    counts = dict(
+        session.execute(select(Completion.lane, func.count()).group_by(Completion.lane)).all()
+    )
+    return [
+        {
+            "name": lane.name,
+            "description": lane.description,
+            "serving": promoted[lane.name].version if lane.name in promoted else None,
+            "completions": counts.get(lane.name, 0),
+        }
+        for lane in lanes.list_lanes(session)
+    ]
+
+
+def votes_per_day(
+    session: Session, *, days: int = 30, today: date | None = None, lane: str | None = None
+) -> list[dict]:
+    """Votes per day (by rating) for the last ``days`` days, oldest first, gaps as zero;
+    only votes on ``lane``'s completions when given."""
     today = today or utcnow().date()
     start = today - timedelta(days=days - 1)
     since = datetime(start.year, start.month, start.day)
@@ -45,11 +72,12 @@ def votes_per_day(session: Session, *, days: int = 30, today: date | None = None
     if session.get_bind().dialect.name == "postgresql":
         stamp = func.timezone("UTC", stamp)  # days in UTC, whatever the server's zone
     day = func.date(stamp)
-    rows = session.execute(
-        select(day, Feedback.rating, func.count())
-        .where(Feedback.created_at >= since)
-        .group_by(day, Feedback.rating)
-    ).all()
+    query = select(day, Feedback.rating, func.count()).where(Feedback.created_at >= since)
+    if lane is not None:
+        query = query.join(Completion, Completion.id == Feedback.completion_id).where(
+            Completion.lane == lane
+        )
+    rows = session.execute(query.group_by(day, Feedback.rating)).all()
     counts: dict[str, dict[str, int]] = {}
     for when, rating, n in rows:
         counts.setdefault(str(when)[:10], {})[rating] = n
@@ -61,9 +89,9 @@ def votes_per_day(session: Session, *, days: int = 30, today: date | None = None
     return out
 
 
-def adapter_rows(session: Session) -> list[dict[str, Any]]:
-    """Every adapter version, newest first, with its dataset counts and primary metrics."""
-    adapters = adapter_store.list_adapter_versions(session)
+def adapter_rows(session: Session, lane: str = DEFAULT_LANE) -> list[dict[str, Any]]:
+    """``lane``'s adapter versions, newest first, with dataset counts and primary metrics."""
+    adapters = adapter_store.list_adapter_versions(session, lane=lane)
     ids = {a.dataset_id for a in adapters if a.dataset_id}
     counts = (
         {
@@ -84,6 +112,7 @@ def _adapter_row(adapter: AdapterVersion, counts: dict[str, Any]) -> dict[str, A
     metrics = adapter.metrics or {}
     return {
         "version": adapter.version,
+        "lane": adapter.lane,
         "status": adapter.status,
         "created_at": adapter.created_at,
         "train": counts.get("train"),
@@ -100,35 +129,52 @@ def _number(value: Any) -> float | None:
     return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
 
 
-def serving_summary(session: Session) -> dict[str, Any]:
-    """Which adapter serves, what a rollback would restore, the promotion history."""
-    promoted = adapter_store.promoted_adapter(session)
+def serving_summary(session: Session, lane: str = DEFAULT_LANE) -> dict[str, Any]:
+    """Which adapter serves ``lane``, what its rollback would restore, its promotions."""
+    promoted = adapter_store.promoted_adapter(session, lane)
     try:
-        _, target = adapter_store.rollback_target(session)
+        _, target = adapter_store.rollback_target(session, lane)
         rollback_to: str | None = target.version if target else "the base model"
     except adapter_store.NothingToRollBackError:
         rollback_to = None
-    history = adapter_store.promotion_history(session, limit=10)
+    history = adapter_store.promotion_history(session, limit=10, lane=lane)
     return {
+        "lane": lane,
         "promoted": promoted.version if promoted else None,
         "rollback_to": rollback_to,
         "history": history,
     }
 
 
-def recent_runs(session: Session, *, limit: int = 10) -> list[Any]:
-    return run_store.list_runs(session, limit=limit)
+def recent_runs(session: Session, *, limit: int = 10, lane: str = DEFAULT_LANE) -> list[Any]:
+    """``lane``'s latest retrain runs, newest first."""
+    query = (
+        select(RetrainRun)
+        .where(RetrainRun.lane == lane)
+        .order_by(col(RetrainRun.started_at).desc())
+        .limit(limit)
+    )
+    return list(session.execute(query).scalars())
 
 
-def counts_summary(session: Session) -> dict[str, int]:
-    """Totals for the dashboard's header."""
+def counts_summary(session: Session, lane: str | None = None) -> dict[str, int]:
+    """Totals for the dashboard's header: ``lane``'s, or every lane's."""
 
-    def count(model: Any) -> int:
-        return session.execute(select(func.count()).select_from(model)).scalar_one()
+    def count(model: Any, *, by_completion: bool = True) -> int:
+        query = select(func.count()).select_from(model)
+        if lane is not None and model is Completion:
+            query = query.where(Completion.lane == lane)
+        elif lane is not None and by_completion:
+            query = query.join(Completion, Completion.id == model.completion_id).where(
+                Completion.lane == lane
+            )
+        elif lane is not None:
+            query = query.where(model.lane == lane)
+        return session.execute(query).scalar_one()
 
     return {
         "completions": count(Completion),
         "votes": count(Feedback),
         "corrections": count(Correction),
-        "promotions": count(PromotionEvent),
+        "promotions": count(PromotionEvent, by_completion=False),
     }

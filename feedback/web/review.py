@@ -10,7 +10,15 @@ from flask import current_app, flash, redirect, request, url_for
 from feedback import rawsql, store
 from feedback.context import request_session
 from feedback.exceptions import NotFoundError
-from feedback.web.pages import current_user, page_blueprint, render, sign_in_required
+from feedback.web.pages import (
+    LaneChoiceError,
+    chosen_lane,
+    current_user,
+    lane_names,
+    page_blueprint,
+    render,
+    sign_in_required,
+)
 from feedback.web.queries import recent_corrections
 
 bp = page_blueprint("review", __name__)
@@ -41,15 +49,18 @@ def _message_text_filter(content: Any) -> str:
 @bp.get("/review")
 @sign_in_required("agent")
 def queue():
-    """Thumbs-down answers that nobody has corrected yet, newest vote first."""
+    """Thumbs-down answers that nobody has corrected yet, newest vote first: every
+    lane's, or ``?lane=NAME``'s only."""
     offset = min(max(request.args.get("offset", 0, type=int) or 0, 0), MAX_OFFSET)
-    rows, total = store.review_queue(request_session(), limit=PAGE, offset=offset)
+    lane = chosen_lane(None)
+    rows, total = store.review_queue(request_session(), limit=PAGE, offset=offset, lane=lane)
     items = [
         {"completion": c, "down_votes": n, "last_down_at": last,
          "question": last_user_message(c.messages)}
         for c, n, last in rows
     ]  # fmt: skip
-    return render("review_queue.html", items=items, total=total, offset=offset, page=PAGE)
+    return render("review_queue.html", items=items, total=total, offset=offset, page=PAGE,
+                  lane=lane, lanes=lane_names())  # fmt: skip
 
 
 @bp.get("/review/<completion_id>")
@@ -71,6 +82,7 @@ def item(completion_id: str):
         completion=completion,
         votes=votes,
         corrections=list(reversed(fixes)),
+        back_lane=_back_lane(),
     )
 
 
@@ -83,9 +95,10 @@ def correct(completion_id: str):
     text = request.form.get("corrected_response", "")
     note = request.form.get("note", "").strip() or None
     problem = _check_text(text, note)
+    back = _back_lane()
     if problem:
         flash(problem, "error")
-        return redirect(url_for("review.item", completion_id=completion_id), code=303)
+        return redirect(url_for("review.item", completion_id=completion_id, lane=back), code=303)
     session = request_session()
     try:
         with rawsql.session_write(session):
@@ -98,9 +111,20 @@ def correct(completion_id: str):
             )
     except NotFoundError:
         return _no_such_answer()
-    current_app.extensions["tuneback"].metrics.corrections.inc()
+    lane = store.get_completion(session, completion_id).lane
+    current_app.extensions["tuneback"].metrics.corrections.inc(lane=lane)
     flash("Correction saved; the answer has left the queue.", "ok")
-    return redirect(url_for("review.queue"), code=303)
+    return redirect(url_for("review.queue", lane=back), code=303)
+
+
+def _back_lane() -> str | None:
+    """The lane filter of the queue the agent came from, kept through the item page so
+    that saving returns to the same filtered queue (a bad one is dropped, not refused:
+    it only decides where the next page goes)."""
+    try:
+        return chosen_lane(None)
+    except LaneChoiceError:
+        return None
 
 
 def _no_such_answer() -> tuple[str, int]:
@@ -122,6 +146,8 @@ def _check_text(text: str, note: str | None) -> str | None:
 @bp.get("/review/history")
 @sign_in_required("agent")
 def history():
-    """The latest corrections, by whom, and whether a later one superseded them."""
-    rows = recent_corrections(request_session(), limit=50)
-    return render("review_history.html", rows=rows)
+    """The latest corrections, by whom, and whether a later one superseded them: every
+    lane's, or ``?lane=NAME``'s only."""
+    lane = chosen_lane(None)
+    rows = recent_corrections(request_session(), limit=50, lane=lane)
+    return render("review_history.html", rows=rows, lane=lane, lanes=lane_names())

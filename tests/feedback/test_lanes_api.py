@@ -42,9 +42,7 @@ def down_and_correct(client, keys, completion_id: str, text: str) -> None:
     assert client.post("/v1/corrections", json=fix, headers=auth(keys["agent"])).status_code == 201
 
 
-def test_completions_are_logged_in_their_lane_and_model_stays_the_upstream_one(
-    client, keys, lanes
-):
+def test_completions_are_logged_in_their_lane_and_model_stays_the_upstream_one(client, keys, lanes):
     support = log(client, keys, "Tomorrow.", lane="support")
     legacy = log(client, keys, "Billing.", path="/v1/completions", lane="router")
     plain = log(client, keys, "Soon.")
@@ -56,9 +54,7 @@ def test_completions_are_logged_in_their_lane_and_model_stays_the_upstream_one(
 
 
 @pytest.mark.parametrize("name", ["", "Support", "../etc", "a/b", "a.b", "x" * 64, "-x", 7])
-def test_a_bad_lane_name_is_a_422_that_says_the_rule_and_writes_nothing(
-    client, keys, engine, name
-):
+def test_a_bad_lane_name_is_a_422_that_says_the_rule_and_writes_nothing(client, keys, engine, name):
     answer = log(client, keys, "Tomorrow.", lane=name)
     assert answer.status_code == 422, answer.json
     assert answer.json["error"]["code"] == "invalid_input"
@@ -86,9 +82,7 @@ def test_an_unknown_lane_is_a_404_listing_the_lanes_and_a_retry_may_reuse_the_ke
     assert first.json == again.json and stored(engine) == 1
 
 
-def test_one_lanes_corrections_never_show_in_another_lanes_queue_or_export(
-    client, keys, lanes
-):
+def test_one_lanes_corrections_never_show_in_another_lanes_queue_or_export(client, keys, lanes):
     ids = {lane: log(client, keys, f"{lane} answer", lane=lane).json["id"] for lane in lanes}
     queued = log(client, keys, "router, to correct", lane="router").json["id"]
     vote = {"completion_id": queued, "rating": "down", "user": "u2"}
