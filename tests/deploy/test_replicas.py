@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from datetime import timedelta
 
@@ -110,3 +111,89 @@ def test_the_heartbeat_thread_reports_and_removes_its_row(settings):
     heart.stop()
     assert row() is None
     reader.dispose()
+
+
+# --- lanes ---------------------------------------------------------------------------
+
+
+def lane_state(serving: str | None, refused: str | None = None, reason: str | None = None):  # noqa: ANN201
+    return {"serving": serving, "refused": refused, "reason": reason}
+
+
+def test_a_rollout_waits_per_lane_and_other_lanes_do_not_matter(engine):
+    beat(engine, "new", None, lanes={
+        "default": lane_state(None), "a": lane_state("v0002"),
+        "b": lane_state("v0003", refused="v0004", reason="checksum mismatch"),
+    })  # fmt: skip
+    beat(engine, "old", None)
+    with write_session(engine) as session:  # a replica from before lanes: no lane report
+        session.execute(update(ServingReplica).where(ServingReplica.id == "old").values(lanes={}))
+        session.commit()
+    with Session(engine) as session:
+        on_a = replicas.rollout_status(session, version="v0002", lane="a", stale_seconds=10)
+        on_default = replicas.rollout_status(session, version=None, stale_seconds=10)
+        refused_b = replicas.rollout_status(session, version="v0004", lane="b", stale_seconds=10)
+    assert [r.id for r in on_a.on] == ["new"] and [r.id for r in on_a.behind] == ["old"]
+    assert on_a.behind[0].serving is None  # the old replica serves the default lane only
+    assert on_default.done and len(on_default.on) == 2
+    assert [(r.id, r.refused_reason) for r in refused_b.refused] == [("new", "checksum mismatch")]
+    timed_out = replicas.wait_for_rollout(
+        engine, version="v0003", lane="b", timeout=0.3, stale_seconds=10, poll_seconds=0.05
+    )
+    assert timed_out.lane == "b" and not timed_out.done
+    assert timed_out.report().startswith("lane b: v0003 not yet on: old (http://old) serving base")
+    beat(engine, "old", None, lanes={"default": lane_state(None), "b": lane_state("v0003")})
+    done = replicas.wait_for_rollout(engine, version="v0003", lane="b", timeout=5, stale_seconds=10)
+    assert done.done and [r.id for r in done.on] == ["new", "old"]
+
+
+def test_the_heartbeat_writes_every_lane_and_the_default_lane_in_the_old_columns(settings):
+    from feedback import db
+
+    writer = db.make_engine(settings.resolved_database_url)
+    heart = replicas.Heartbeat(writer, replica_id="me:2", url=None, interval=30)
+    lanes = {"default": lane_state("v0001"), "a": lane_state("v0002", "v0005", "bad base model")}
+    heart._state = lambda: lanes
+    heart.beat()
+    with Session(writer) as session:
+        row = session.get(ServingReplica, "me:2")
+        assert (row.serving, row.refused, row.lanes) == ("v0001", None, lanes)
+    writer.dispose()
+
+
+def run_replicas(settings, *args: str):  # noqa: ANN001, ANN201
+    from click.testing import CliRunner
+
+    from tests.live import tuneback_env
+    from tuneback.cli import cli
+
+    env = tuneback_env(settings.data_dir, settings.database_url)
+    return CliRunner().invoke(cli, ["replicas", *args], env=env)
+
+
+def test_the_replicas_command_shows_each_lane_or_the_one_asked_for(settings, engine):
+    from feedback.adapters import store as adapter_store
+    from feedback.lanes import create_lane
+
+    with write_session(engine) as session:
+        create_lane(session, name="router")
+        adapter_store.create_adapter_version(
+            session, version="v0007", base_model="b", path="/x", checksum="c", lane="router"
+        )
+        adapter_store.promote_adapter(session, version="v0007", actor="t")
+        session.commit()
+    beat(engine, "r:1", None, lanes={"default": lane_state(None), "router": lane_state("v0006")})
+    one = run_replicas(settings, "--lane", "router", "--json")
+    assert one.exit_code == 0, one.output
+    body = json.loads(one.stdout)
+    assert (body["lane"], body["promoted"], body["done"]) == ("router", "v0007", False)
+    assert [(r["id"], r["serving"]) for r in body["replicas"]] == [("r:1", "v0006")]
+    every = json.loads(run_replicas(settings, "--json").stdout)
+    assert list(every["lanes"]) == ["default", "router"] and not every["done"]
+    assert every["promoted"] is None and every["lanes"]["default"]["done"]
+    table = run_replicas(settings)
+    assert "router" in table.stdout and "v0006" in table.stdout
+    assert "lane router: v0007 not yet on: r:1" in table.stderr
+    for bad, says in (("nope", "the lanes are: default, router"), ("../x", "not a valid lane")):
+        refused = run_replicas(settings, "--lane", bad)
+        assert refused.exit_code != 0 and says in refused.output
