@@ -7,7 +7,12 @@ import json
 import openai
 import pytest
 import requests
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
 
+from feedback.db import write_session
+from feedback.lanes import create_lane
+from feedback.models import Completion
 from tests.live import free_port
 from tests.serve.support import MESSAGES
 
@@ -137,3 +142,83 @@ def test_the_proxy_needs_its_allow_list():
 
     with pytest.raises(ValidationError, match="TUNEBACK_UPSTREAM_MODELS"):
         Settings(upstream_url="http://127.0.0.1:9/v1")
+
+
+# --- lanes ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def lane_proxy(module_servers, upstream):
+    base = upstream.backend.model_name
+    live = module_servers(
+        upstream_url=f"{upstream.url}/v1",
+        upstream_api_key=upstream.keys["server"],
+        upstream_models=f"default,{base}",
+        upstream_lanes=f"{base}=mapped",
+        serve_max_tokens=8,
+    )
+    with write_session(live.engine) as session:
+        for name in ("mapped", "tagged"):
+            create_lane(session, name=name)
+        session.commit()
+    return live
+
+
+def upstream_completions(upstream) -> int:  # noqa: ANN001
+    with Session(upstream.engine) as session:
+        return session.execute(select(func.count()).select_from(Completion)).scalar_one()
+
+
+def test_the_lane_comes_from_the_header_else_the_model_map_else_default(lane_proxy, upstream):
+    client, base = lane_proxy.client(), upstream.backend.model_name
+    tagged = {"X-Tuneback-Lane": "tagged"}
+    cases = [
+        ("default", None, "default"),
+        (base, None, "mapped"),
+        ("default", tagged, "tagged"),
+        (base, tagged, "tagged"),  # the header wins
+    ]
+    for model, headers, lane in cases:
+        answer = client.chat.completions.create(
+            model=model, messages=MESSAGES, max_tokens=4, extra_headers=headers
+        )
+        assert detail(lane_proxy, answer.id)["lane"] == lane, (model, headers)
+    chunks = list(
+        client.chat.completions.create(
+            model="default", messages=MESSAGES, max_tokens=4, stream=True, extra_headers=tagged
+        )
+    )
+    assert detail(lane_proxy, chunks[0].id)["lane"] == "tagged"
+
+
+def test_an_unknown_or_bad_lane_is_refused_before_anything_is_forwarded(lane_proxy, upstream):
+    before = upstream_completions(upstream)
+    for header, status, code in (("nope", 404, "lane_not_found"), ("../x", 422, "invalid_input")):
+        for stream in (False, True):
+            response = requests.post(
+                f"{lane_proxy.url}/v1/chat/completions",
+                json={"model": "default", "messages": MESSAGES, "stream": stream},
+                headers=lane_proxy.headers("server", **{"X-Tuneback-Lane": header}),
+                timeout=30,
+            )
+            assert response.status_code == status, response.text
+            assert response.json()["error"]["code"] == code
+            if status == 404:
+                assert (
+                    "the lanes are: default, mapped, tagged" in response.json()["error"]["message"]
+                )
+    assert upstream_completions(upstream) == before
+
+
+def test_a_bad_upstream_lane_map_stops_the_proxy_at_start():
+    from feedback.settings import Settings
+    from serve.lanes import LaneMapError, parse_lane_map
+    from serve.proxy import ProxyBackend
+
+    assert parse_lane_map(" gpt-4o = router , m2=x_y ") == {"gpt-4o": "router", "m2": "x_y"}
+    for bad in ("gpt-4o", "gpt-4o=", "=router", "gpt-4o=../router", "gpt-4o=Router"):
+        settings = Settings(
+            upstream_url="http://127.0.0.1:9/v1", upstream_models="gpt-4o", upstream_lanes=bad
+        )
+        with pytest.raises(LaneMapError, match="TUNEBACK_UPSTREAM_LANES"):
+            ProxyBackend(settings)
