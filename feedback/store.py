@@ -105,15 +105,24 @@ def completion_detail(
 
 
 def latest_run_alerts(session: Session) -> list[dict[str, Any]]:
-    """The poisoning alerts (vote floods, trigger suspects) of the last finished retrain run."""
-    result = session.execute(
-        select(RetrainRun.result)
+    """The poisoning alerts (vote floods, trigger suspects) of each lane's last finished
+    retrain run: one lane's later run does not hide another lane's alerts."""
+    newest = (
+        select(RetrainRun.lane, func.max(RetrainRun.started_at).label("started_at"))
         .where(RetrainRun.status != "running")
-        .order_by(col(RetrainRun.started_at).desc())
-        .limit(1)
-    ).scalar()
-    alerts = (result or {}).get("alerts") if isinstance(result, dict) else None
-    return [a for a in alerts if isinstance(a, dict)] if isinstance(alerts, list) else []
+        .group_by(RetrainRun.lane)
+        .subquery()
+    )
+    rows = session.execute(
+        select(RetrainRun.result)
+        .join(newest, newest.c.lane == RetrainRun.lane)
+        .where(RetrainRun.started_at == newest.c.started_at, RetrainRun.status != "running")
+    ).scalars()
+    alerts = []
+    for result in rows:
+        found = result.get("alerts") if isinstance(result, dict) else None
+        alerts += [a for a in found if isinstance(a, dict)] if isinstance(found, list) else []
+    return alerts
 
 
 # --- corrections ---------------------------------------------------------------

@@ -55,11 +55,12 @@ def overview():
 @sign_in_required("admin")
 def retrain():
     action = hooks().retrain_now
+    lane = chosen_lane(DEFAULT_LANE)
     if action is None:
         flash("Retrain now is not available here. " + NOT_WIRED, "error")
     else:
-        flash(action(actor()), "ok")
-    return redirect(url_for("dashboard.overview", lane=_lane_arg()), code=303)
+        flash(action(actor(), lane), "ok")
+    return redirect(url_for("dashboard.overview", lane=_lane_arg(lane)), code=303)
 
 
 @bp.get("/dashboard/promote/<version>")

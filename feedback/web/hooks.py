@@ -21,7 +21,8 @@ EXTENSION = "tuneback_web"
 class WebHooks:
     """Actions the feedback package cannot do alone; None means "not wired here".
 
-    ``retrain_now(actor) -> str`` starts a retrain cycle and says what happened.
+    ``retrain_now(actor, lane) -> str`` starts a retrain cycle of ``lane`` and says what
+    happened.
     ``demo_chat(messages) -> server-sent events`` streams the served model's answer as
     OpenAI chat-completion chunks and logs the completion before the final
     ``data: [DONE]``; ``demo_widget_key`` is the public widget key of the demo page;
@@ -29,7 +30,7 @@ class WebHooks:
     to: the loopback names only, so a DNS-rebound foreign name cannot reach the chat.
     """
 
-    retrain_now: Callable[[str], str] | None = None
+    retrain_now: Callable[[str, str], str] | None = None
     demo_chat: Callable[[list[dict[str, Any]]], Iterable[bytes]] | None = None
     demo_widget_key: str | None = None
     demo_hosts: frozenset[str] = frozenset()

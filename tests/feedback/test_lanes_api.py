@@ -132,3 +132,23 @@ def test_metrics_count_completions_votes_and_corrections_per_lane(client, keys, 
     assert 'tuneback_corrections_total{lane="support"} 1.0' in metrics
     assert 'tuneback_feedback_total{lane="support",rating="down",source="agent"} 1.0' in metrics
     assert 'lane="router"' not in metrics  # a lane with nothing logged has no series
+
+
+def test_poisoning_alerts_count_each_lanes_last_finished_run(client, engine, lanes):
+    """A later run of another lane (without alerts) does not hide this lane's alerts."""
+    from datetime import timedelta
+
+    from feedback import run_store
+    from feedback.models import utcnow
+
+    flood = {"alerts": [{"kind": "vote_flood", "completion_id": "c1"}]}
+    plan = [("support", 3, flood), ("support", 2, flood), ("router", 1, {"alerts": []})]
+    with Session(engine) as session:
+        for lane, hours_ago, result in plan:
+            run = run_store.start_run(session, trigger="manual", lane=lane)
+            started = utcnow() - timedelta(hours=hours_ago)
+            run_store.finish_run(session, run.id, status="skipped", result=result)
+            run.started_at = started
+        session.commit()
+    metrics = client.get("/metrics").data.decode()
+    assert 'tuneback_poisoning_alerts{kind="vote_flood"} 1.0' in metrics

@@ -208,3 +208,16 @@ def test_dashboard_totals_and_votes_count_the_selected_lane(engine, session, app
 
 def app_settings(client):  # noqa: ANN001, ANN201
     return client.application.extensions["tuneback"].settings
+
+
+def test_retrain_now_runs_the_selected_lane_and_its_run_shows_there_only(client, keys, app):
+    from tuneback.apps import wire_admin_actions
+
+    wire_admin_actions(app, app.extensions["tuneback"].settings)
+    csrf = sign_in(client, keys, "admin")
+    answer = client.post("/dashboard/retrain", data={"csrf_token": csrf, "lane": "support"})
+    assert (answer.status_code, answer.headers["Location"]) == (303, "/dashboard?lane=support")
+    app.extensions["tuneback_web"].retrain_now.join(timeout=60)
+    support = client.get("/dashboard?lane=support").text
+    assert "No runs yet." not in support and "skipped" in support  # too few examples
+    assert "No runs yet." in client.get("/dashboard").text
