@@ -102,7 +102,7 @@ def report_rollout(
         timeout=settings.rollout_wait_seconds,
         stale_seconds=settings.replica_stale_seconds,
     )
-    (log.info if rollout.done else log.error)("rollout of lane %s: %s", lane, rollout.report())
+    (log.info if rollout.done else log.error)("rollout: %s", rollout.report())
 
 
 def catch_up(settings: Settings, engine: Engine, trigger: CronTrigger, now: datetime) -> bool:

@@ -63,7 +63,7 @@ def _rollout(settings, engine, version: str | None, wait: float | None, lane: st
         return None
 
     def progress(rollout) -> None:  # noqa: ANN001
-        click.echo(f"lane {lane}: waiting for the replicas: {rollout.report()}", err=True)
+        click.echo(f"waiting for the replicas: {rollout.report()}", err=True)
 
     rollout = wait_for_rollout(
         engine,
@@ -73,7 +73,7 @@ def _rollout(settings, engine, version: str | None, wait: float | None, lane: st
         stale_seconds=settings.replica_stale_seconds,
         progress=progress,
     )
-    click.echo(f"lane {lane}: {rollout.report()}", err=True)
+    click.echo(rollout.report(), err=True)  # it names the lane, but for default
     return rollout
 
 
@@ -213,6 +213,7 @@ def adapters_rollback(lane: str | None, wait: float | None) -> None:
 def _rollout_dict(rollout) -> dict:  # noqa: ANN001
     return {
         "done": rollout.done,
+        "lane": rollout.lane,
         "version": rollout.version,
         "on": [r.id for r in rollout.on],
         "behind": {r.id: r.serving for r in rollout.behind},

@@ -17,58 +17,29 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
-from feedback import run_store, store
+from feedback import run_store
 from feedback.adapters import store as adapter_store
 from feedback.db import write_session
 from feedback.models import DatasetExample, Lease, RetrainRun, utcnow
-from retrain import jobs, steps
+from retrain import jobs
 from retrain import lease as lease_module
-from retrain.cycle import CycleFailedError, run_cycle
+from retrain.cycle import CycleFailedError, run_cycle, run_lanes
 from retrain.lease import LEASE
-from retrain.train import TrainJob
+from retrain.scheduler import run_tick
 from tests.live import cli, tuneback_env
 from tests.retrain.child_job import EchoJob
-from tests.retrain.examples import ROUTING_ANSWER, card_questions
+from tests.retrain.fakes import (
+    QUESTIONS,
+    add_lane,
+    fake_children,
+    questions_of,
+    seed_corrections,
+)
 
-QUESTIONS = card_questions(12)
-ANSWER = ROUTING_ANSWER
 # Cycles that train run on SQLite only, to keep the fast tier fast; the
 # database work they share with the others (runs, lease, lineage, registry)
 # is exercised on both databases by the remaining tests.
 SQLITE_ONLY = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
-
-
-def seed_corrections(engine, questions=QUESTIONS, answer=ANSWER) -> list[str]:
-    ids = []
-    with Session(engine) as session:
-        for question in questions:
-            completion = store.create_completion(
-                session,
-                messages=[{"role": "user", "content": question}],
-                response="I am not sure.",
-                model="tiny",
-            )
-            store.add_correction(
-                session, completion_id=completion.id, corrected_response=answer, author="agent-1"
-            )
-            ids.append(completion.id)
-        session.commit()
-    return ids
-
-
-@pytest.fixture
-def cycle_settings(settings, tiny_model):
-    return settings.model_copy(
-        update={
-            "base_model": tiny_model,
-            "min_new_examples": 5,
-            "epochs": 6,
-            "batch_size": 4,
-            "learning_rate": 1e-2,
-            "heldout_fraction": 0.25,
-            "seed": 3,
-        }
-    )
 
 
 def runs(engine) -> list[RetrainRun]:
@@ -84,38 +55,50 @@ def test_not_enough_data_is_skipped_cleanly(cycle_settings, engine):
     assert run.status == "skipped" and run.finished_at is not None
 
 
-@SQLITE_ONLY
-def test_a_cycle_that_learns_is_promoted_with_lineage(cycle_settings, engine):
-    completion_ids = seed_corrections(engine)
-    result = run_cycle(cycle_settings, engine)
-    assert result.status == "promoted", result.gate
-    assert result.dataset["train"] + result.dataset["heldout"] == len(QUESTIONS)
-    assert result.dataset["heldout"] >= 1
-    candidate, base = result.metrics["candidate"], result.metrics["base"]
-    assert candidate["heldout_overlap"] > base["heldout_overlap"]
-    with Session(engine) as session:
-        promoted = adapter_store.promoted_adapter(session)
-        assert promoted.version == result.adapter and promoted.gate["passed"] is True
-        trained_on = adapter_store.adapters_trained_on(session, completion_ids=completion_ids)
-        assert [a.version for a in trained_on] == [result.adapter]
-        lineage = session.execute(select(DatasetExample)).scalars().all()
-        assert {row.completion_id for row in lineage} == set(completion_ids)
-    # Nothing new since: the next cycle has nothing to learn from.
-    again = run_cycle(cycle_settings, engine)
-    assert again.status == "skipped"
+REFUND_ANSWER = '{"intent": "request_refund", "team": "payments"}'
 
 
 @SQLITE_ONLY
-def test_a_candidate_that_misses_the_margin_is_rejected(cycle_settings, engine):
-    seed_corrections(engine)
-    # Overlap is at most 1, so no candidate can clear this margin; one epoch will do.
-    strict = cycle_settings.model_copy(update={"gate_margin": 2.0, "epochs": 1})
-    result = run_cycle(strict, engine)
-    assert result.status == "rejected" and result.gate["passed"] is False
-    assert any("margin" in reason for reason in result.gate["reasons"])
+def test_two_lanes_learn_in_one_tick_each_with_its_own_run_adapter_and_lineage(
+    cycle_settings, engine
+):
+    """The scheduler's tick trains both lanes on the tiny model, one after another:
+    each lane's run, dataset and promoted adapter are its own, and no example of one
+    lane's feedback appears in the other's dataset."""
+    add_lane(engine, "refunds")
+    default_ids = seed_corrections(engine)
+    refund_ids = seed_corrections(
+        engine, questions_of("request_refund", 12), REFUND_ANSWER, lane="refunds"
+    )
+    tick = datetime(2026, 11, 27, 3, 0, tzinfo=UTC)
+    results = run_tick(cycle_settings, engine, tick)
+    assert [(r.lane, r.status) for r in results] == [
+        ("default", "promoted"), ("refunds", "promoted")
+    ], [r.gate for r in results]  # fmt: skip
+    for result in results:
+        assert result.dataset["train"] + result.dataset["heldout"] == len(QUESTIONS)
+        candidate, base = result.metrics["candidate"], result.metrics["base"]
+        assert candidate["heldout_overlap"] > base["heldout_overlap"]
+    by_lane = {r.lane: r for r in results}
+    assert {(r.lane, r.id, r.status) for r in runs(engine)} == {
+        (lane, result.run_id, "promoted") for lane, result in by_lane.items()
+    }
     with Session(engine) as session:
-        assert adapter_store.promoted_adapter(session) is None
-        assert adapter_store.get_adapter_version(session, result.adapter).status == "rejected"
+        promoted = adapter_store.promoted_by_lane(session)
+        assert {lane: a.version for lane, a in promoted.items()} == {
+            lane: r.adapter for lane, r in by_lane.items()
+        }
+        for lane, ids in (("default", default_ids), ("refunds", refund_ids)):
+            dataset_id = by_lane[lane].dataset["id"]
+            lineage = session.execute(
+                select(DatasetExample.completion_id).where(DatasetExample.dataset_id == dataset_id)
+            ).scalars()
+            assert set(lineage) == set(ids)  # only its own lane's completions
+            trained_on = adapter_store.adapters_trained_on(session, completion_ids=ids)
+            assert [a.version for a in trained_on] == [by_lane[lane].adapter]
+    # Nothing new since: the next cycle of either lane has nothing to learn from.
+    again = run_lanes(cycle_settings, engine)
+    assert [(r.lane, r.status) for r in again] == [("default", "skipped"), ("refunds", "skipped")]
 
 
 def test_a_held_lease_makes_the_cycle_skip(cycle_settings, engine):
@@ -216,52 +199,6 @@ def test_two_processes_run_one_cycle_at_a_time(tmp_path, database_url, tiny_mode
 # gate), so these cycles take seconds; the lease, the store and the registry are real.
 
 OTHER = "other-host:4242:cafe0000"
-PASSING = {
-    "candidate": {"heldout_overlap": 0.9, "heldout_loss": 0.5, "heldout_count": 3},
-    "base": {"heldout_overlap": 0.1, "heldout_loss": 2.0, "heldout_count": 3},
-}
-
-
-@pytest.fixture
-def fake_settings(settings, tmp_path):
-    base = tmp_path / "base-model"  # a model folder with no weights: no shapes to check
-    base.mkdir()
-    (base / "config.json").write_text("{}")
-    return settings.model_copy(
-        update={"base_model": str(base), "min_new_examples": 5, "heldout_fraction": 0.25}
-    )
-
-
-def fake_children(monkeypatch, during_training) -> None:
-    """Training writes an adapter folder after calling ``during_training(job, job_file)``;
-    evaluation returns passing metrics; there is nothing to probe."""
-
-    def launch(job, job_file, *, timeout_s=None):
-        if not isinstance(job, TrainJob):
-            return PASSING
-        during_training(job, job_file)
-        make_adapter(job.adapter_dir, base=job.base_model)
-        return {"sft": {"steps": 1}}
-
-    monkeypatch.setattr(steps, "launch", launch)
-    monkeypatch.setattr(steps, "run_probe", lambda *a, **k: {"skipped": "faked"})
-
-
-def make_adapter(folder: Path, *, base: str) -> None:
-    import numpy as np
-    from safetensors.numpy import save_file
-
-    folder.mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    save_file(
-        {
-            "base_model.model.q_proj.lora_A.weight": rng.standard_normal((4, 16), np.float32),
-            "base_model.model.q_proj.lora_B.weight": rng.standard_normal((16, 4), np.float32),
-        },
-        str(folder / "adapter_model.safetensors"),
-    )
-    config = {"base_model_name_or_path": base, "peft_type": "LORA", "r": 4}
-    (folder / "adapter_config.json").write_text(json.dumps(config))
 
 
 def take_lease(engine, holder: str = OTHER) -> None:
