@@ -72,9 +72,10 @@ def test_lane_overrides_reach_the_gate_and_the_evaluation(
     assert "margin 0.05" in results["exact"].gate["reasons"][0]
     assert "< margin 0.5" in results["strict"].gate["reasons"][0]
     with Session(engine) as session:  # the thresholds stored with each lane's adapter
-        stored = {
-            a.lane: a.gate["thresholds"] for a in adapter_store.list_adapter_versions(session)
-        }
+        adapters = {a.lane: a for a in adapter_store.list_adapter_versions(session)}
+        assert adapters["strict"].status == "rejected"
+        assert set(adapter_store.promoted_by_lane(session)) == {"default", "exact"}
+    stored = {lane: a.gate["thresholds"] for lane, a in adapters.items()}
     assert stored["default"]["primary"] == "heldout_overlap"
     assert stored["default"]["margin"] == fake_settings.gate_margin
     assert (stored["strict"]["primary"], stored["strict"]["margin"]) == ("heldout_exact", 0.5)
