@@ -96,6 +96,8 @@ def run_lanes(
     :class:`feedback.lanes.UnknownLaneError` before anything is recorded.
     """
     configs = lane_configs(settings, engine, lanes)
+    if not configs:
+        return []
     runs = _claim(engine, [c.lane for c in configs], trigger, scheduled_for)
     if runs is None:
         log.info("the tick %s already ran or is running", scheduled_for)

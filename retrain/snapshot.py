@@ -24,14 +24,15 @@ class SnapshotDirError(TunebackError, ValueError):
     code, status = "snapshot_dir_not_ours", 409
 
 
-def write_snapshot(dataset: Dataset, out_dir: Path) -> Path:
+def write_snapshot(dataset: Dataset, out_dir: Path, *, lane: str | None = None) -> Path:
     """Write ``train.jsonl``, ``heldout.jsonl``, ``preferences.jsonl`` and the manifest.
 
     The chat files hold SFT and positive examples in the OpenAI fine-tuning
     format; ``weight`` appears only where it is not 1. Each file is written to
     a temporary file, fsynced and renamed into place, the manifest (with each
-    file's sha256) last. Refuses a non-empty folder that holds no manifest of
-    ours, so a wrong ``--out`` cannot clobber anything. Returns the folder.
+    file's sha256) last; the manifest names the ``lane`` whose feedback it holds.
+    Refuses a non-empty folder that holds no manifest of ours, so a wrong
+    ``--out`` cannot clobber anything. Returns the folder.
     """
     out_dir = Path(out_dir)
     _check_out_dir(out_dir)
@@ -50,7 +51,7 @@ def write_snapshot(dataset: Dataset, out_dir: Path) -> Path:
         data = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records).encode()
         write_atomic(out_dir / name, data)
         files[name] = {"lines": len(records), "sha256": hashlib.sha256(data).hexdigest()}
-    manifest = {**dataset.manifest, "files": files}
+    manifest = {**dataset.manifest, "files": files} | ({"lane": lane} if lane else {})
     write_atomic(
         out_dir / MANIFEST, (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode()
     )

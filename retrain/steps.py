@@ -121,7 +121,7 @@ class CycleSteps:
                 lane=self.lane,
             )
             folder = self.settings.data_dir / "datasets" / snapshot.id
-            write_snapshot(dataset, folder)
+            write_snapshot(dataset, folder, lane=self.lane)
             faults.checkpoint("dataset.written")
             snapshot.path = str(folder)
             session.commit()

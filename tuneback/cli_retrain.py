@@ -254,7 +254,7 @@ def dataset_build(out: Path, lane: str | None) -> None:
         config = ds.DatasetConfig.from_settings(settings)
         built = ds.build_dataset(rows, config, previously_heldout=heldout)
         try:
-            write_snapshot(built, out)
+            write_snapshot(built, out, lane=lane)
         except ValueError as error:
             raise click.ClickException(str(error)) from None
     counts = built.manifest["counts"]

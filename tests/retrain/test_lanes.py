@@ -214,7 +214,7 @@ def test_cli_adapters_and_dataset_take_a_lane(invoke, fake_settings, engine, mon
     assert done.exit_code == 0, done.output
     train = (out / "train.jsonl").read_text() + (out / "heldout.jsonl").read_text()
     assert all(q in train for q in REFUNDS) and not any(q in train for q in QUESTIONS)
-    assert json.loads((out / "manifest.json").read_text())["counts"]
+    assert json.loads((out / "manifest.json").read_text())["lane"] == "refunds"
 
     listed = invoke("adapters", "list", "--lane", "refunds")
     assert first["refunds"] in listed.output and first["default"] not in listed.output
