@@ -24,6 +24,7 @@ ERRORS = {
     429: "Rate limit exceeded; see Retry-After",
 }
 NOT_FOUND = {**ERRORS, 404: "No such completion"}
+NO_LANE = {**ERRORS, 404: "No such lane (`lane_not_found`, listing the lanes)"}
 
 
 def completion_out(c: Completion) -> dict:

@@ -19,7 +19,7 @@ from feedback.exceptions import TunebackError
 from feedback.idempotency import run_write
 from feedback.schemas import CompletionDetail, CompletionIn, Created
 from feedback.views import (
-    ERRORS,
+    NO_LANE,
     NOT_FOUND,
     completion_out,
     correction_out,
@@ -56,7 +56,7 @@ def _refuse_text_completions() -> None:
 @require("server")
 @bp.input(CompletionIn, arg_name="body")
 @bp.output(Created, status_code=201)
-@bp.doc(security="bearer", responses=ERRORS)
+@bp.doc(security="bearer", responses=NO_LANE)
 def log_completion(body: CompletionIn):
     """Log a completion served by a chat system, so that it can be rated."""
     return _log(body)
@@ -66,7 +66,7 @@ def log_completion(body: CompletionIn):
 @require("server")
 @bp.input(CompletionIn, arg_name="body")
 @bp.output(Created, status_code=201)
-@bp.doc(security="bearer", responses=ERRORS, deprecated=True)
+@bp.doc(security="bearer", responses=NO_LANE, deprecated=True)
 def log_completion_deprecated(body: CompletionIn):
     """Deprecated: the same as ``POST /v1/logged_completions``, which replaces it."""
     response: Response = _log(body)

@@ -10,7 +10,7 @@ from feedback.auth import require
 from feedback.context import request_session
 from feedback.idempotency import run_write
 from feedback.schemas import CorrectionIn, CorrectionOut, PageQuery, QueuePage
-from feedback.views import ERRORS, NOT_FOUND, completion_out, correction_out, json_response
+from feedback.views import NO_LANE, NOT_FOUND, completion_out, correction_out, json_response
 from feedback.views.completions import limit_text
 
 bp = APIBlueprint("corrections", __name__, tag="Corrections")
@@ -44,7 +44,7 @@ def post_correction(body: CorrectionIn):
 @require("agent")
 @bp.input(PageQuery, location="query", arg_name="page")
 @bp.output(QueuePage)
-@bp.doc(security="bearer", responses={**ERRORS, 404: "No such lane"})
+@bp.doc(security="bearer", responses=NO_LANE)
 def review_queue(page: PageQuery):
     """Thumbs-down completions that have no correction yet, newest vote first (every
     lane's, or `?lane=NAME`'s only)."""

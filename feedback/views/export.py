@@ -12,7 +12,7 @@ from feedback import lanes, store
 from feedback.auth import require
 from feedback.context import request_session
 from feedback.schemas import ExportQuery
-from feedback.views import ERRORS
+from feedback.views import NO_LANE
 
 bp = APIBlueprint("export", __name__, tag="Export")
 
@@ -37,8 +37,7 @@ def openai_example(completion, correction) -> dict:
             "description": "JSONL in the OpenAI chat fine-tuning format",
             "content": {"application/jsonl": {"schema": {"type": "string"}}},
         },
-        **ERRORS,
-        404: "No such lane",
+        **NO_LANE,
     },
 )
 def export(query: ExportQuery):
