@@ -71,15 +71,15 @@ def run_tick(settings: Settings, engine: Engine, tick: datetime) -> list[CycleRe
     row; a lane that fails is logged and the next runs. A tick that already has its
     runs (another scheduler, or a restart) runs nothing and returns ``skipped`` results."""
     tick = tick.astimezone(UTC)  # stored in UTC: the same tick compares equal everywhere
-    log.info("scheduled cycles for %s", tick.isoformat())
+    log.info("scheduled cycle for %s", tick.isoformat())
     results = run_lanes(settings, engine, trigger="schedule", scheduled_for=tick)
     for result in results:
         (log.error if result.status == "failed" else log.info)(
-            "scheduled cycle of lane %s for %s: %s %s",
-            result.lane,
+            "scheduled cycle for %s: %s %s (lane %s)",
             tick.isoformat(),
             result.status,
             result.reason or result.adapter or "",
+            result.lane,
         )
         if result.status == "promoted":
             report_rollout(settings, engine, result.adapter, lane=result.lane)
