@@ -42,6 +42,11 @@ def _lane_option(help_text: str):  # noqa: ANN202
     return click.option("--lane", "lane", metavar="NAME", help=help_text)
 
 
+def _in_lane(lane: str) -> str:
+    """A message's prefix naming ``lane``; none for ``default`` (as before lanes)."""
+    return "" if lane == DEFAULT_LANE else f"lane {lane}: "
+
+
 def _check_lane(engine, name: str) -> str:  # noqa: ANN001
     """``name`` if that lane exists; a clear error listing the lanes otherwise."""
     from sqlalchemy.orm import Session
@@ -189,7 +194,7 @@ def adapters_promote(version: str, lane: str | None, force: bool, wait: float | 
     lane = lane or DEFAULT_LANE
     with _engine() as (settings, engine):
         _registry(settings, engine, lane).promote(version, actor="cli", force=force)
-        click.echo(f"lane {lane}: promoted {version}", err=True)
+        click.echo(f"{_in_lane(lane)}promoted {version}", err=True)
         rollout = _rollout(settings, engine, version, wait, lane)
     if rollout is not None and not rollout.done:
         sys.exit(ROLLOUT_INCOMPLETE)
@@ -204,7 +209,8 @@ def adapters_rollback(lane: str | None, wait: float | None) -> None:
     lane = lane or DEFAULT_LANE
     with _engine() as (settings, engine):
         now = _registry(settings, engine, lane).rollback(actor="cli")
-        click.echo(f"lane {lane}: now serving {now.version if now else 'the base model'}", err=True)
+        serving = now.version if now else "the base model"
+        click.echo(f"{_in_lane(lane)}now serving {serving}", err=True)
         rollout = _rollout(settings, engine, now.version if now else None, wait, lane)
     if rollout is not None and not rollout.done:
         sys.exit(ROLLOUT_INCOMPLETE)
@@ -259,7 +265,7 @@ def dataset_build(out: Path, lane: str | None) -> None:
             raise click.ClickException(str(error)) from None
     counts = built.manifest["counts"]
     click.echo(json.dumps(counts, indent=2))
-    click.echo(f"lane {lane}: snapshot written to {out}", err=True)
+    click.echo(f"{_in_lane(lane)}snapshot written to {out}", err=True)
 
 
 COMMANDS = (retrain, scheduler, adapters, dataset)
