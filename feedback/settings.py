@@ -173,9 +173,7 @@ class Settings(BaseSettings):
         description="Chat requests that may wait for the model; beyond it the server answers "
         "503 with Retry-After at once.",
     )
-    serve_max_batch: int = Field(
-        4, ge=1, le=64, description="Most waiting chat requests decoded together in one batch."
-    )
+    serve_max_batch: int = Field(8, ge=1, le=64, description="Most chat requests decoded together.")
     serve_max_tokens: int = Field(
         512,
         ge=1,

@@ -20,7 +20,7 @@ workers = 1  # the model lives in one process
 worker_class = "gthread"
 threads = (
     int(os.environ.get("TUNEBACK_SERVE_QUEUE_SIZE", "16"))
-    + int(os.environ.get("TUNEBACK_SERVE_MAX_BATCH", "4"))
+    + int(os.environ.get("TUNEBACK_SERVE_MAX_BATCH", "8"))
     + 8
 )
 timeout = 300  # loading the model counts against the first heartbeat
