@@ -158,7 +158,7 @@ class IdempotencyRecord(SQLModel, table=True):
 
 # --- retraining: datasets, runs, adapters ---------------------------------------------
 
-RUN_STATUSES = ("running", "promoted", "rejected", "skipped", "failed")
+RUN_STATUSES = ("queued", "running", "promoted", "rejected", "skipped", "failed")
 ADAPTER_STATUSES = ("candidate", "promoted", "rejected", "retired")
 
 
