@@ -128,3 +128,32 @@ def test_the_session_cookie_is_httponly_and_samesite(site):
     cookie = answer.headers["Set-Cookie"]
     assert "HttpOnly" in cookie and "SameSite=Strict" in cookie
     assert site.keys["agent"] not in cookie
+
+
+def test_the_lane_selector_keeps_one_lanes_answers_through_a_correction(page, site, shots):
+    """No script: the selector is a GET form; the filter survives the item page and the save."""
+    from feedback.lanes import create_lane, lane_names
+
+    with Session(site.engine) as session:
+        if "billing" not in lane_names(session):
+            create_lane(session, name="billing", description="the billing assistant")
+            session.commit()
+    billed = site.completion("Why was I charged twice?", "Charges happen.", lane="billing")
+    other = site.completion("Where is my card?", "Somewhere.")
+    for cid in (billed, other):
+        site.vote(cid, "down")
+    sign_in(page, site, "agent")
+    assert page.locator(f'tr[data-completion="{other}"] td.lane').inner_text() == "default"
+    page.get_by_label("Lane", exact=True).select_option("billing")
+    page.get_by_role("button", name="Show").click()
+    page.wait_for_url(f"{site.url}/review?lane=billing")
+    assert page.locator(f'tr[data-completion="{other}"]').count() == 0
+    row = page.locator(f'tr[data-completion="{billed}"]')
+    assert row.locator("td.lane").inner_text() == "billing"
+    screenshot(page, shots, "review-queue-lane")
+    row.get_by_role("link", name="Correct").click()
+    page.get_by_label("What the assistant should have said").fill("One charge was a hold.")
+    page.get_by_role("button", name="Save correction").click()
+    page.get_by_text("Correction saved").wait_for()
+    assert page.url == f"{site.url}/review?lane=billing"
+    assert page.get_by_label("Lane", exact=True).input_value() == "billing"
