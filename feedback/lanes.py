@@ -62,7 +62,7 @@ def check_name(name: Any) -> str:
     at most 63 characters: safe in a URL, a file name, a metric label and a
     vLLM LoRA name, and never ``..`` or a path.
     """
-    if not isinstance(name, str) or not _NAME.match(name):
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
         shown = repr(name) if len(repr(name)) <= 80 else repr(name)[:77] + "..."
         raise InvalidInputError(
             f"{shown} is not a valid lane name: use 1 to 63 lower-case letters, digits, "
@@ -76,8 +76,7 @@ def check_overrides(values: Mapping[str, Any]) -> dict[str, Any]:
     unknown = sorted(set(values) - set(OVERRIDES))
     if unknown:
         raise InvalidInputError(
-            f"unknown lane settings: {', '.join(unknown)}; a lane may set "
-            + ", ".join(OVERRIDES)
+            f"unknown lane settings: {', '.join(unknown)}; a lane may set " + ", ".join(OVERRIDES)
         )
     checked: dict[str, Any] = {}
     for key, value in values.items():

@@ -60,7 +60,7 @@ class Lane(SQLModel, table=True):
 
     name: str = Field(primary_key=True, max_length=64)
     description: str | None = Field(default=None, sa_column=Column(Text))
-    settings: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSONType, nullable=False))
+    settings: dict[str, Any] = _json_dict()
     created_at: datetime = _ts()
 
 

@@ -37,7 +37,9 @@ def test_lanes_are_created_listed_and_changed(session):
         lanes.create_lane(session, name="extractor")
     with pytest.raises(lanes.UnknownLaneError, match="default, extractor, ticket-router"):
         lanes.get_lane(session, "nope")
-    lanes.set_lane(session, name="extractor", settings={"gate_margin": None, "primary_metric": "f1"})
+    lanes.set_lane(
+        session, name="extractor", settings={"gate_margin": None, "primary_metric": "f1"}
+    )
     assert lanes.get_lane(session, "extractor").settings == {"primary_metric": "f1"}
 
 
