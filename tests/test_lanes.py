@@ -17,7 +17,7 @@ from feedback.exceptions import InvalidInputError
 from feedback.models import DEFAULT_LANE
 from tuneback.cli import cli
 
-BAD_NAMES = ["", "../etc", "..", "a/b", "A", "x" * 64, "-lead", "lane name", "lane.v2", "é"]
+BAD_NAMES = ["", "abc\n", "../etc", "..", "a/b", "A", "x" * 64, "-lead", "lane name", "lane.v2", "é"]
 
 
 @pytest.mark.parametrize("name", BAD_NAMES)
