@@ -104,19 +104,25 @@ def completion_detail(
 # --- feedback ------------------------------------------------------------------
 
 
+UNFINISHED = ("queued", "running")  # runs whose result is not written yet
+
+
 def latest_run_alerts(session: Session) -> list[dict[str, Any]]:
     """The poisoning alerts (vote floods, trigger suspects) of each lane's last finished
     retrain run: one lane's later run does not hide another lane's alerts."""
     newest = (
         select(RetrainRun.lane, func.max(RetrainRun.started_at).label("started_at"))
-        .where(RetrainRun.status != "running")
+        .where(col(RetrainRun.status).not_in(UNFINISHED))
         .group_by(RetrainRun.lane)
         .subquery()
     )
     rows = session.execute(
         select(RetrainRun.result)
         .join(newest, newest.c.lane == RetrainRun.lane)
-        .where(RetrainRun.started_at == newest.c.started_at, RetrainRun.status != "running")
+        .where(
+            RetrainRun.started_at == newest.c.started_at,
+            col(RetrainRun.status).not_in(UNFINISHED),
+        )
     ).scalars()
     alerts = []
     for result in rows:

@@ -17,7 +17,7 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
 from feedback.lanes import get_lane, list_lanes
-from feedback.models import Lane
+from feedback.models import DEFAULT_LANE, Lane
 from feedback.settings import Settings
 from retrain.gate import Thresholds
 
@@ -44,7 +44,7 @@ def lane_config(settings: Settings, lane: Lane) -> LaneConfig:
     return LaneConfig(
         lane=lane.name,
         thresholds=thresholds,
-        golden_set=Path(golden) if golden else settings.golden_set,
+        golden_set=Path(golden) if golden else _default_golden(settings, lane.name),
         response_schema=overrides.get("response_schema") or None,
     )
 
@@ -58,3 +58,9 @@ def lane_configs(settings: Settings, engine: Engine, lanes: list[str] | None) ->
     with Session(engine) as session:
         rows = list_lanes(session) if lanes is None else [get_lane(session, n) for n in lanes]
         return [lane_config(settings, row) for row in rows]
+
+
+def _default_golden(settings: Settings, lane: str) -> Path | None:
+    """``TUNEBACK_GOLDEN_SET`` is the default lane's: golden cases are written for one task,
+    and another lane's adapter would fail them by doing its own job. Other lanes name theirs."""
+    return settings.golden_set if lane == DEFAULT_LANE else None

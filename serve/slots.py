@@ -8,6 +8,7 @@ their own beyond naming and describing things.
 from __future__ import annotations
 
 import logging
+import threading
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -170,3 +171,49 @@ def read_lane(sql: Engine, lane: str) -> Any:
 
 def _target(row: Any) -> Target:
     return Target(row.version, row.checksum, row.path, row.promoted_at)
+
+
+def merge(host: Any, slot: Slot) -> None:
+    """Merge ``slot``'s adapter into the host's merged buffers (for fast decoding)."""
+    if slot.adapter and host.merge(slot.adapter):
+        log.info("adapter %s merged for decoding", slot.version)
+
+
+class Merger:
+    """Merges the default lane's adapter on a thread of its own: a merge waits for a
+    merged batch to end, and no other lane's swap or reload should wait with it.
+    Merges run one at a time; the latest wish wins."""
+
+    def __init__(self, host: Any) -> None:
+        self.host, self._want, self._stopped = host, None, False
+        self._cond = threading.Condition()
+        self._thread: threading.Thread | None = None
+
+    def want(self, slot: Slot) -> None:
+        with self._cond:
+            self._want = slot
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name="tuneback-adapter-merge", daemon=True
+                )
+                self._thread.start()
+            self._cond.notify()
+
+    def stop(self, timeout: float = 10) -> None:
+        with self._cond:
+            self._stopped = True
+            self._cond.notify()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                self._cond.wait_for(lambda: self._want is not None or self._stopped)
+                if self._stopped:
+                    return
+                slot, self._want = self._want, None
+            try:
+                merge(self.host, slot)
+            except Exception:  # noqa: BLE001 - unmerged decoding still answers right
+                log.exception("could not merge adapter %s", slot.version)

@@ -45,7 +45,7 @@ from feedback.adapters.files import CorruptAdapterError, verify_adapter_dir
 from feedback.models import DEFAULT_LANE
 from serve import slots
 from serve.schemas import OverloadedError
-from serve.slots import UNKNOWN, LaneState, Lease, Slot, SwapStats, Target
+from serve.slots import UNKNOWN, LaneState, Lease, Merger, Slot, SwapStats, Target
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +86,7 @@ class Swapper:
         self._nudge, self._stop = threading.Event(), threading.Event()
         self._thread: threading.Thread | None = None
         self._loads = 0
+        self.merger = Merger(host)
 
     # --- leases (request threads) -------------------------------------------------
 
@@ -206,6 +207,7 @@ class Swapper:
             self._cond.notify_all()
         if self._thread is not None:
             self._thread.join(timeout)
+        self.merger.stop()
         if self.heartbeat is not None:
             self.heartbeat.stop()
 
@@ -259,8 +261,8 @@ class Swapper:
         reload = state.current is None and state.good is not None and state.good.key == target.key
         if not self._switch(state, slot, target, started=started, reload=reload):
             return
-        if state.name == DEFAULT_LANE and slot.adapter and self.host.merge(slot.adapter):
-            log.info("adapter %s merged for decoding", slot.version)
+        if state.name == DEFAULT_LANE and slot.adapter:  # off this thread while it runs
+            self.merger.want(slot) if self.running else slots.merge(self.host, slot)
 
     def _serves(self, slot: Slot, target: Target | None) -> bool:
         if target is None:
@@ -273,13 +275,18 @@ class Swapper:
             return next((s for s in self._loaded.values() if self._serves(s, target)), None)
 
     def _load(self, state: LaneState, target: Target) -> Slot | None:
-        """Verify and read ``target`` into a free slot; None if no slot freed up in time."""
+        """Verify and read ``target`` into a free slot; None if no slot freed up in time.
+        Every check (files, then modules, shapes, ranks) passes before another lane's
+        adapter is unloaded to make room, so a refused adapter unloads nothing."""
         verify_adapter_dir(
-            target.path,
-            expected_checksum=target.checksum,
-            expected_base_model=self.base_model,
-            expected_version=target.version,
-        )
+            target.path, expected_checksum=target.checksum,
+            expected_base_model=self.base_model, expected_version=target.version,
+        )  # fmt: skip
+        # A fresh name per load: a late removal of an earlier load of the same
+        # version (its last lease ending) can never remove this one.
+        self._loads += 1
+        name = f"{target.version}#{self._loads}"
+        adapter = self.host.load(name, Path(target.path))
         with self._cond:
             room = self._cond.wait_for(
                 lambda: self._room(state.name) or self._stop.is_set(),
@@ -290,14 +297,10 @@ class Swapper:
                          target.version, ", ".join(self.loaded_names()))  # fmt: skip
                 return None
             gone = self._make_room(state.name)
-        for name in gone:
-            self.host.remove(name)
+        for victim in gone:
+            self.host.remove(victim)
             self.on_swap("unloaded", 0.0)
-        # A fresh name per load: a late removal of an earlier load of the same
-        # version (its last lease ending) can never remove this one.
-        self._loads += 1
-        name = f"{target.version}#{self._loads}"
-        self.host.add(self.host.load(name, Path(target.path)))
+        self.host.add(adapter)
         slot = Slot(name, target.version, target.checksum, lane=state.name)
         with self._cond:
             self._loaded[name] = slot
@@ -362,11 +365,8 @@ class Swapper:
         return True
 
     def _unload_if_idle(self, slot: Slot) -> str | None:
-        """Forget ``slot`` if nothing uses it any more; return the host name to remove.
-
-        Called with the condition held; the caller removes from the host after
-        releasing it (removal may wait for a merged batch to finish).
-        """
+        """Forget ``slot`` if nothing uses it any more; the host name to remove. Lock held;
+        the caller removes after releasing it (removal may wait for a merged batch)."""
         if slot.adapter is None or slot.refs > 0:
             return None
         owner = self._lanes.get(slot.lane) if slot.lane else None

@@ -17,7 +17,8 @@ from feedback.exceptions import InvalidInputError
 from feedback.models import DEFAULT_LANE
 from tuneback.cli import cli
 
-BAD_NAMES = ["", "abc\n", "../etc", "..", "a/b", "A", "x" * 64, "-lead", "lane name", "lane.v2", "é"]
+BAD_NAMES = ["", "abc\n", "../etc", "..", "a/b", "A", "x" * 64, "-lead", "lane name", "lane.v2"]
+BAD_NAMES += ["caf\u00e9", "x" * 10_000]
 
 
 @pytest.mark.parametrize("name", BAD_NAMES)
@@ -159,4 +160,22 @@ def test_the_migration_moves_existing_data_into_default(tmp_path):
         assert session.execute(text("SELECT lane FROM completion")).scalar_one() == "default"
         assert adapter_store.promoted_adapter(session).version == "v0001"
         assert adapter_store.promoted_adapter(session, "other") is None
+    engine.dispose()
+
+
+def test_a_downgrade_below_lanes_is_refused_while_other_lanes_have_data(tmp_path):
+    url = f"sqlite:///{tmp_path / 'store.db'}"
+    config = db.alembic_config(url)
+    command.upgrade(config, "head")
+    engine = db.make_engine(url)
+    with Session(engine) as session:
+        lanes.create_lane(session, name="router")
+        session.commit()
+    with pytest.raises(RuntimeError, match="lanes other than default"):
+        command.downgrade(config, "0005")
+    assert db.current_revision(engine) == db.head_revision()  # nothing half-done
+    with engine.begin() as conn:
+        conn.execute(text("DELETE FROM lane WHERE name = 'router'"))
+    command.downgrade(config, "0005")
+    command.upgrade(config, "head")
     engine.dispose()

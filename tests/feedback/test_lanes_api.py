@@ -152,3 +152,15 @@ def test_poisoning_alerts_count_each_lanes_last_finished_run(client, engine, lan
         session.commit()
     metrics = client.get("/metrics").data.decode()
     assert 'tuneback_poisoning_alerts{kind="vote_flood"} 1.0' in metrics
+
+
+def test_runs_waiting_their_lanes_turn_do_not_hide_its_last_alerts(session, lanes):
+    from feedback import run_store, store
+
+    run = run_store.start_run(session, trigger="manual", lane="support")
+    flood = {"alerts": [{"kind": "vote_flood", "completion_id": "c1"}]}
+    run_store.finish_run(session, run.id, status="rejected", result=flood)
+    session.commit()
+    run_store.queue_runs(session, lanes=["default", "support"], trigger="manual")
+    session.commit()
+    assert [a["kind"] for a in store.latest_run_alerts(session)] == ["vote_flood"]

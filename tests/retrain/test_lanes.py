@@ -232,3 +232,16 @@ def test_cli_adapters_and_dataset_take_a_lane(invoke, fake_settings, engine, mon
     assert done.exit_code == 0, done.output
     with Session(engine) as session:
         assert adapter_store.promoted_adapter(session, "refunds").version == first["refunds"]
+
+
+def test_the_deployments_golden_file_is_the_default_lanes_only(tmp_path):
+    from feedback.models import Lane
+    from feedback.settings import Settings
+    from retrain.lane_config import lane_config
+
+    ours, theirs = tmp_path / "support.jsonl", tmp_path / "router.jsonl"
+    settings = Settings(data_dir=tmp_path, golden_set=ours)
+    assert lane_config(settings, Lane(name="default")).golden_set == ours
+    assert lane_config(settings, Lane(name="router")).golden_set is None
+    named = Lane(name="router", settings={"golden_set": str(theirs)})
+    assert lane_config(settings, named).golden_set == theirs

@@ -240,3 +240,38 @@ def _until(condition, timeout: float = 10) -> None:  # noqa: ANN001
     while not condition():
         assert time.monotonic() < deadline, "timed out"
         time.sleep(0.02)
+
+
+class PickyHost(FakeHost):
+    """Refuses the weights of adapters whose folder holds a ``misfit`` file, as the real
+    host refuses shapes that do not fit the model (after the files verified)."""
+
+    def load(self, name: str, folder) -> str:  # noqa: ANN001
+        if (folder / "misfit").exists():
+            from serve.lora import IncompatibleAdapterError
+
+            raise IncompatibleAdapterError("shapes do not fit")
+        return super().load(name, folder)
+
+
+def test_an_adapter_that_does_not_fit_unloads_no_other_lane(tmp_path):
+    url = f"sqlite:///{tmp_path / 'store.db'}"
+    db.upgrade(url)
+    engine = db.make_engine(url)
+    registry, host = Registry(tmp_path / "adapters", engine), PickyHost()
+    swapper = Swapper(engine, host, base_model=BASE, max_adapters=2)
+    try:
+        a, b = make_lanes(registry, "a", "b")
+        for lane in (registry, a):
+            lane.promote(add(lane, tmp_path), actor="t")
+        swapper.sync()
+        before = dict(host.adapters)
+        version = add(b, tmp_path)
+        (b.path(version) / "misfit").touch()  # not listed in checksums.json: files verify
+        b.promote(version, actor="t", force=True)
+        swapper.sync()
+        assert swapper.lane_states()["b"]["refused"] == version
+        assert host.adapters == before  # nobody was unloaded for an adapter that was refused
+        assert swapper.stats.unloads == 0
+    finally:
+        engine.dispose()

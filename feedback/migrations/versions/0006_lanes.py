@@ -63,7 +63,18 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    # Only the default lane existed before: other lanes' rows cannot go back.
+    # Only the default lane existed before: other lanes' rows cannot go back, and folding
+    # them into one lane would mix their data and break the one-promoted rule. Refuse
+    # before changing anything (SQLite cannot roll back a half-done batch alteration).
+    bind = op.get_bind()
+    for table in ("lane", *LANED):
+        column = "name" if table == "lane" else "lane"
+        found = bind.execute(sa.text(f"SELECT 1 FROM {table} WHERE {column} <> 'default' LIMIT 1"))
+        if found.first() is not None:
+            raise RuntimeError(
+                f"cannot downgrade below lanes: {table} has rows of lanes other than default; "
+                "erase those lanes' data first (or restore a backup from before the upgrade)"
+            )
     _retrain_run_unique(old=("scheduled_for", "lane"), new=("scheduled_for",))
     with op.batch_alter_table("adapter_version", schema=None) as batch_op:
         batch_op.drop_index("uq_adapter_one_promoted", **PROMOTED)
