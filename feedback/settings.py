@@ -198,8 +198,9 @@ class Settings(BaseSettings):
     serve_adapter_slots: int = Field(
         3,
         ge=2,
-        description="Adapters held in memory at once: the serving one plus those still "
-        "finishing requests. A swap waits for a free slot, so memory stays bounded.",
+        description="Adapters one lane holds in memory at once: the one it serves plus those "
+        "still finishing requests; a swap waits for a free slot (all lanes together: "
+        "`TUNEBACK_SERVE_MAX_ADAPTERS`).",
     )
     serve_max_adapters: int = Field(
         8,

@@ -296,7 +296,7 @@ def test_a_promotion_reaches_both_replicas_within_10_seconds(deployment):
             f"{url}/v1/chat/completions", headers=_auth(dep.keys["server"]), timeout=60,
             json={"model": "default", "messages": MESSAGES, "max_tokens": 2},
         )  # fmt: skip
-        assert answer.json()["system_fingerprint"] == version
+        assert answer.json()["system_fingerprint"] == f"default:{version}"
 
 
 def test_replicas_that_refuse_an_adapter_are_named_with_their_reason(deployment):
