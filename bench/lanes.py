@@ -55,6 +55,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 BANKING77 = ROOT.parent / "shared" / "data" / "banking77" / "test.csv"
 
+from bench.swap import make_adapters  # noqa: E402 - random adapters like trained ones
+
 
 class Lease:
     """A lane's adapter for the worker; nothing to release (no swapper here)."""
@@ -77,29 +79,6 @@ def customer_messages(count: int) -> list[str]:
         texts = [m.text for m in messages("test")]
     step = max(1, len(texts) // count)  # spread over the intents (the file is sorted by them)
     return texts[::step][:count]
-
-
-def make_adapters(base: Path, out: Path, count: int) -> list[Path]:
-    """``count`` rank-8 all-linear LoRA adapters with small random, non-zero weights."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    folders = []
-    for seed in range(count):
-        torch.manual_seed(seed)
-        config = LoraConfig(
-            r=8, lora_alpha=16, target_modules="all-linear", init_lora_weights=False,
-            task_type="CAUSAL_LM",
-        )  # fmt: skip
-        model = get_peft_model(AutoModelForCausalLM.from_pretrained(str(base)), config)
-        with torch.no_grad():
-            for name, param in model.named_parameters():
-                if "lora_B" in name:
-                    param.mul_(0.05)
-        model.save_pretrained(out / f"lane-{seed}")
-        folders.append(out / f"lane-{seed}")
-    return folders
 
 
 def register(base: Path, folders: list[Path], work: Path) -> list[Any]:
