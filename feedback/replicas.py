@@ -89,25 +89,21 @@ def record_heartbeat(
     host: str,
     url: str | None,
     pid: int,
-    serving: str | None,
-    refused: str | None = None,
-    refused_reason: str | None = None,
-    lanes: dict[str, Any] | None = None,
+    lanes: dict[str, Any],
 ) -> None:
     """Insert or refresh one replica's row (one statement, safe under concurrency).
 
     ``lanes`` is every lane's state, ``{lane: {"serving", "refused", "reason"}}``;
-    the other arguments are the default lane's (kept in their own columns for
-    readers older than lanes). Without ``lanes``, they alone are recorded.
+    the default lane's is also kept in its own columns, for readers older than lanes.
     """
     dialect = session.get_bind().dialect.name
     insert = pg_insert if dialect == "postgresql" else sqlite_insert
     now = utcnow()
-    if lanes is None:
-        lanes = {DEFAULT_LANE: {"serving": serving, "refused": refused, "reason": refused_reason}}
+    default = lanes.get(DEFAULT_LANE) or {}
     values = dict(
-        host=host[:255], url=url, pid=pid, serving=serving, refused=refused,
-        refused_reason=refused_reason, lanes=lanes, last_seen=now,
+        host=host[:255], url=url, pid=pid, serving=default.get("serving"),
+        refused=default.get("refused"), refused_reason=default.get("reason"), lanes=lanes,
+        last_seen=now,
     )  # fmt: skip
     stmt = insert(ServingReplica).values(id=replica_id[:200], started_at=now, **values)
     session.execute(stmt.on_conflict_do_update(index_elements=["id"], set_=values))
@@ -225,9 +221,8 @@ def wait_for_rollout(
 
 # --- the heartbeat -------------------------------------------------------------------
 
-# What the serving side reports: every lane's {"serving", "refused", "reason"} (or,
-# from an older caller, the default lane's (serving, refused, reason) tuple).
-StateFn = Callable[[], dict[str, dict[str, Any]] | tuple[str | None, str | None, str | None]]
+# What the serving side reports: every lane's {"serving", "refused", "reason"}.
+StateFn = Callable[[], dict[str, dict[str, Any]]]
 
 
 def default_replica_id(port: int) -> str:
@@ -278,18 +273,11 @@ class Heartbeat:
         self.engine.dispose()
 
     def beat(self) -> None:
-        state = self._state() if self._state else (None, None, None)
-        lanes = None
-        if isinstance(state, dict):
-            lanes = state
-            default = state.get(DEFAULT_LANE) or {}
-            state = (default.get("serving"), default.get("refused"), default.get("reason"))
-        serving, refused, reason = state
+        lanes = self._state() if self._state else {}
         with write_session(self.engine) as session:
             record_heartbeat(
                 session, replica_id=self.replica_id, host=socket.gethostname(), url=self.url,
-                pid=os.getpid(), serving=serving, refused=refused, refused_reason=reason,
-                lanes=lanes,
+                pid=os.getpid(), lanes=lanes,
             )  # fmt: skip
             session.commit()
         self.beats += 1

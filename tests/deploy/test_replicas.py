@@ -15,10 +15,13 @@ from feedback.models import ServingReplica, utcnow
 
 
 def beat(engine, replica_id: str, serving: str | None, **extra) -> None:  # noqa: ANN001, ANN003
+    lanes = extra.get("lanes") or {
+        "default": lane_state(serving, extra.get("refused"), extra.get("refused_reason"))
+    }
     with write_session(engine) as session:
         replicas.record_heartbeat(
             session, replica_id=replica_id, host="h", url=f"http://{replica_id}", pid=1,
-            serving=serving, **extra,
+            lanes=lanes,
         )  # fmt: skip
         session.commit()
 
@@ -91,7 +94,7 @@ def test_the_heartbeat_thread_reports_and_removes_its_row(settings):
     heart = replicas.Heartbeat(
         db.make_engine(settings.resolved_database_url), replica_id="me:1", url=None, interval=30
     )
-    heart.start(lambda: (state["serving"], None, None))
+    heart.start(lambda: {"default": lane_state(state["serving"])})
     reader = db.make_engine(settings.resolved_database_url)
 
     def row() -> tuple | None:
