@@ -74,10 +74,7 @@ def list_models():
 @bp.doc(security="bearer", responses={**ERRORS, 404: "Unknown model"})
 def get_model(model_id: str):
     """One model of :func:`list_models`."""
-    served = backend()
-    if hasattr(served, "lanes"):
-        served.lanes.find(model_id)  # a miss re-reads the lanes: one created just now is listed
-    for model in served.models():
+    for model in backend().models():
         if model["id"] == model_id:
             return json_response(model)
     raise ModelNotFoundError(f"model {model_id!r} does not exist")
