@@ -60,7 +60,7 @@ def corrected_and_rated(session: Session, *, lane: str = DEFAULT_LANE) -> Iterab
     for start in range(0, len(ids), 500):
         chunk = ids[start : start + 500]
         for completion in session.execute(
-            select(Completion).where(col(Completion.id).in_(chunk), Completion.lane == lane)
+            select(Completion).where(col(Completion.id).in_(chunk))
         ).scalars():
             yield {
                 "completion": completion,

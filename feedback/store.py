@@ -17,7 +17,6 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 from sqlmodel import col
 
-from feedback import lanes
 from feedback.exceptions import InvalidInputError, NotFoundError
 from feedback.models import (
     DEFAULT_LANE,
@@ -49,10 +48,10 @@ def create_completion(
     """Log a served completion. ``completion_id`` lets a streaming server hand
     the id to its client before the answer (and so the row) exists.
 
-    ``lane`` must name an existing lane: it is checked here, before the row is
-    added, so a bad name is a 422 and an unknown one a 404 listing the lanes.
+    ``lane`` must name an existing lane: callers check it where the name comes in
+    (:func:`feedback.lanes.get_lane`; the server's cached lane directory), so a
+    served answer costs no extra query here.
     """
-    lanes.get_lane(session, lane)
     completion = Completion(
         id=completion_id or new_id(),
         messages=messages,
@@ -165,7 +164,7 @@ def review_queue(
     session: Session, *, limit: int = 20, offset: int = 0, lane: str | None = None
 ) -> tuple[list[tuple[Completion, int, datetime]], int]:
     """Thumbs-down completions that no one has corrected yet, newest vote first;
-    only ``lane``'s when given (an unknown lane is :class:`~feedback.lanes.UnknownLaneError`)."""
+    only ``lane``'s when given (the caller checked that it exists)."""
     corrected = select(Correction.completion_id).where(Correction.status == "active")
     downs = (
         select(
@@ -181,7 +180,6 @@ def review_queue(
         downs, downs.c.completion_id == Completion.id
     )
     if lane is not None:
-        lanes.get_lane(session, lane)
         query = query.where(Completion.lane == lane)
     total = session.execute(
         select(func.count()).select_from(query.with_only_columns(Completion.id).subquery())

@@ -250,9 +250,9 @@ class Registry:
         if not self.root.is_dir():
             return []
         with Session(self.engine) as session:
-            known = {a.version for a in adapter_store.list_adapter_versions(session)}
-            promoted = adapter_store.promoted_by_lane(session)
-            lanes = set(promoted) | {a.lane for a in adapter_store.list_adapter_versions(session)}
+            rows = adapter_store.list_adapter_versions(session)
+        known, lanes = {a.version for a in rows}, {a.lane for a in rows}
+        promoted = {a.lane: a for a in rows if a.status == "promoted"}
         removed = []
         for entry in sorted(self.root.iterdir()):
             orphan = entry.is_dir() and entry.name not in known and (entry / MANIFEST).is_file()

@@ -12,7 +12,7 @@ from __future__ import annotations
 from apiflask import APIBlueprint
 from flask import Response, g, request
 
-from feedback import rawsql, store
+from feedback import lanes, rawsql, store
 from feedback.auth import require
 from feedback.context import request_session
 from feedback.exceptions import TunebackError
@@ -79,6 +79,7 @@ def _log(body: CompletionIn) -> Response:
     limit_text(body.response)
 
     def action(_tx):
+        lanes.get_lane(request_session(), body.lane)  # 422 or 404, before anything is written
         completion = store.create_completion(
             request_session(),
             messages=[m.model_dump(exclude_none=True) for m in body.messages],

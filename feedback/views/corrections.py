@@ -5,7 +5,7 @@ from __future__ import annotations
 from apiflask import APIBlueprint
 from flask import g
 
-from feedback import rawsql, store
+from feedback import lanes, rawsql, store
 from feedback.auth import require
 from feedback.context import request_session
 from feedback.idempotency import run_write
@@ -48,6 +48,8 @@ def post_correction(body: CorrectionIn):
 def review_queue(page: PageQuery):
     """Thumbs-down completions that have no correction yet, newest vote first (every
     lane's, or `?lane=NAME`'s only)."""
+    if page.lane is not None:
+        lanes.get_lane(request_session(), page.lane)  # 422 or 404 listing the lanes
     rows, total = store.review_queue(
         request_session(), limit=page.limit, offset=page.offset, lane=page.lane
     )

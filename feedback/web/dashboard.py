@@ -122,10 +122,9 @@ def registry(lane: str = DEFAULT_LANE) -> Registry:
     return Registry.from_settings(ext.settings, ext.engine, lane=lane)
 
 
-def _lane_arg(lane: str | None = None) -> str | None:
+def _lane_arg(lane: str) -> str | None:
     """The ``lane`` query value of the dashboard's links: none for the default lane,
     so its URLs stay those from before lanes."""
-    lane = lane or chosen_lane(DEFAULT_LANE)
     return None if lane == DEFAULT_LANE else lane
 
 

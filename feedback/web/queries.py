@@ -9,7 +9,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 from sqlmodel import col
 
-from feedback import lanes
+from feedback import lanes, run_store
 from feedback.adapters import store as adapter_store
 from feedback.models import (
     DEFAULT_LANE,
@@ -19,7 +19,6 @@ from feedback.models import (
     DatasetSnapshot,
     Feedback,
     PromotionEvent,
-    RetrainRun,
     utcnow,
 )
 
@@ -148,33 +147,24 @@ def serving_summary(session: Session, lane: str = DEFAULT_LANE) -> dict[str, Any
 
 def recent_runs(session: Session, *, limit: int = 10, lane: str = DEFAULT_LANE) -> list[Any]:
     """``lane``'s latest retrain runs, newest first."""
-    query = (
-        select(RetrainRun)
-        .where(RetrainRun.lane == lane)
-        .order_by(col(RetrainRun.started_at).desc())
-        .limit(limit)
-    )
-    return list(session.execute(query).scalars())
+    return run_store.list_runs(session, limit=limit, lane=lane)
 
 
 def counts_summary(session: Session, lane: str | None = None) -> dict[str, int]:
     """Totals for the dashboard's header: ``lane``'s, or every lane's."""
 
-    def count(model: Any, *, by_completion: bool = True) -> int:
+    def count(model: Any) -> int:
         query = select(func.count()).select_from(model)
-        if lane is not None and model is Completion:
-            query = query.where(Completion.lane == lane)
-        elif lane is not None and by_completion:
-            query = query.join(Completion, Completion.id == model.completion_id).where(
-                Completion.lane == lane
-            )
-        elif lane is not None:
+        if lane is not None and hasattr(model, "lane"):
             query = query.where(model.lane == lane)
+        elif lane is not None:  # votes and corrections: their completion's lane
+            query = query.join(Completion, Completion.id == model.completion_id)
+            query = query.where(Completion.lane == lane)
         return session.execute(query).scalar_one()
 
     return {
         "completions": count(Completion),
         "votes": count(Feedback),
         "corrections": count(Correction),
-        "promotions": count(PromotionEvent, by_completion=False),
+        "promotions": count(PromotionEvent),
     }
